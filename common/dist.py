@@ -1,0 +1,64 @@
+"""Process-group helpers. One process per GPU (NCCL) or N CPU processes (gloo), started by
+`python -m paddle.distributed.launch`; a plain `python main_multi_gpu.py` is a world of one."""
+import os
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+_initialised = False
+
+
+def world_size():
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1"))
+
+
+def rank():
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0"))
+
+
+def is_main():
+    return rank() == 0
+
+
+def setup_device():
+    """GPU when Paddle was built with CUDA and one is visible, else CPU; returns the device string."""
+    if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        local = int(os.environ.get("FLAGS_selected_gpus", os.environ.get("PADDLE_LOCAL_RANK", "0")).split(",")[0])
+        device = f"gpu:{local}" if world_size() > 1 else "gpu"
+    else:
+        device = "cpu"
+    paddle.set_device(device)
+    return device
+
+
+def init():
+    """Join the process group when launched with more than one process."""
+    global _initialised
+    if world_size() > 1 and not _initialised:
+        dist.init_parallel_env()
+        _initialised = True
+
+
+def all_reduce_sum(values):
+    """Sum a float64 numpy vector over ranks (exact for counts below 2**53)."""
+    arr = np.asarray(values, dtype="float64")
+    if world_size() == 1:
+        return arr
+    t = paddle.to_tensor(arr)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.numpy()
+
+
+def all_reduce_max(values):
+    arr = np.asarray(values, dtype="float64")
+    if world_size() == 1:
+        return arr
+    t = paddle.to_tensor(arr)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.numpy()
+
+
+def barrier():
+    if world_size() > 1:
+        dist.barrier()

@@ -1,0 +1,431 @@
+"""The training / evaluation engine shared by every method."""
+import contextlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+import paddle
+
+from common import dist
+from common.checkpoint import (CheckpointMismatchError, atomic_save, read_checkpoint, rng_state, set_rng_state,
+                               to_tensors)
+from common.data.datasets import (DataError, ImageDataset, check_files_exist, read_class_names, read_list_file,
+                                  scan_class_folders)
+from common.data.samplers import EvalBatchSampler, TrainBatchSampler
+from common.engine.ema import ModelEma
+from common.engine.losses import ClassificationLoss
+from common.engine.lr import build_scheduler
+from common.engine.optim import build_optimizer
+from common.method import eval_loss_sum
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def build_datasets(config, method, train=True, val=True):
+    """(train set or None, val set or None) from list files or class folders under DATA.DATA_PATH."""
+    d = config.DATA
+    root = d.DATA_PATH
+    if not root or not os.path.isdir(root):
+        raise DataError(f"DATA.DATA_PATH '{root}' is not a folder (set it with -data_path)")
+    num_classes = config.MODEL.NUM_CLASSES
+    classes = read_class_names(os.path.join(root, d.CLASS_NAMES), num_classes) if d.CLASS_NAMES else None
+    meta_fn = method.meta_fn(config)
+
+    def make(split_list, split_dir, is_train):
+        if d.DATASET == "list":
+            samples = read_list_file(os.path.join(root, split_list), root, num_classes)
+        elif d.DATASET == "folder":
+            samples, folder_classes = scan_class_folders(os.path.join(root, split_dir), classes)
+            if len(folder_classes) != num_classes:
+                raise DataError(f"{os.path.join(root, split_dir)}: {len(folder_classes)} class folders but "
+                                f"MODEL.NUM_CLASSES is {num_classes}")
+        else:
+            raise DataError(f"DATA.DATASET '{d.DATASET}' is not 'list' or 'folder'")
+        if d.CHECK_FILES:
+            check_files_exist(samples, split_list if d.DATASET == "list" else split_dir)
+        transform = method.train_transform(config) if is_train else method.eval_transform(config)
+        return ImageDataset(samples, transform, train=is_train, seed=config.SEED, meta_fn=meta_fn,
+                            skip_bad_images=d.SKIP_BAD_IMAGES, classes=classes)
+
+    train_set = make(d.TRAIN_LIST, d.TRAIN_DIR, True) if train else None
+    val_set = make(d.VAL_LIST, d.VAL_DIR, False) if val else None
+    return train_set, val_set
+
+
+def build_loader(dataset, batch_sampler, num_workers):
+    return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
+                                use_shared_memory=num_workers > 0)
+
+
+def eval_batch_size(config):
+    return config.DATA.BATCH_SIZE_EVAL if config.DATA.BATCH_SIZE_EVAL > 0 else config.DATA.BATCH_SIZE
+
+
+def build_eval_loader(config, val_set):
+    sampler = EvalBatchSampler(len(val_set), eval_batch_size(config), dist.rank(), dist.world_size())
+    return build_loader(val_set, sampler, config.DATA.NUM_WORKERS)
+
+
+# ----------------------------------------------------------------------------------------------------------- eval
+def split_batch(batch):
+    images, labels = batch[0], batch[1]
+    return images, labels.astype("int64").reshape([-1]), list(batch[2:])
+
+
+def amp_context(config, device):
+    if not config.AMP.ENABLE:
+        return contextlib.nullcontext()
+    return paddle.amp.auto_cast(enable=True, level=config.AMP.LEVEL, dtype=config.AMP.DTYPE)
+
+
+@paddle.no_grad()
+def evaluate(model, method, loader, config, device="cpu"):
+    """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size."""
+    model.eval()
+    num_classes = config.MODEL.NUM_CLASSES
+    k = min(5, num_classes)
+    counts, names = None, None
+    total = 0
+    for batch in loader:
+        images, labels, extras = split_batch(batch)
+        with amp_context(config, device):
+            outputs = method.forward(model, images, extras)
+        heads = method.eval_heads(outputs)
+        if names is None:
+            names = list(heads)
+            counts = np.zeros((len(names), 3), dtype="float64")
+        for i, name in enumerate(names):
+            logits = heads[name].astype("float32")
+            top = paddle.topk(logits, k, axis=1)[1]
+            hit = (top == labels.unsqueeze(1)).astype("float64")
+            counts[i, 0] += float(hit[:, 0].sum())
+            counts[i, 1] += float(hit.sum())
+            counts[i, 2] += float(eval_loss_sum(logits, labels))
+        total += int(labels.shape[0])
+    if names is None:  # this rank had no samples; ask the model for its head names with an empty pass
+        names = [method.main_head]
+        counts = np.zeros((1, 3), dtype="float64")
+    summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total]]))
+    n = summed[-1]
+    per_head = summed[:-1].reshape(len(names), 3)
+    metrics = {"count": int(n)}
+    for name, (c1, c5, loss) in zip(names, per_head):
+        prefix = "" if name == method.main_head else f"{name}/"
+        metrics[f"{prefix}top1"] = 100.0 * c1 / max(n, 1)
+        metrics[f"{prefix}top{k}"] = 100.0 * c5 / max(n, 1)
+        metrics[f"{prefix}loss"] = loss / max(n, 1)
+        metrics[f"{prefix}correct"] = int(c1)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------------------- train
+def _param_name_map(model):
+    """Paddle's unique parameter names (which depend on creation order) -> structured names (which don't)."""
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def _rename_opt_state(state, mapping):
+    """Rename optimizer state keys that start with a parameter name, using `mapping` (longest match first)."""
+    names = sorted(mapping, key=len, reverse=True)
+
+    def rename(key):
+        for n in names:
+            if key == n or key.startswith(n + "_"):
+                return mapping[n] + key[len(n):]
+        return key
+
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {rename(k): v for k, v in value.items()}
+        elif key in ("LR_Scheduler", "StructuredToParameterName@@"):
+            continue
+        else:
+            out[rename(key)] = value
+    return out
+
+
+class Trainer:
+    def __init__(self, config, method, model, out_dir, logger, device):
+        self.config = config
+        self.method = method
+        self.model = model              # the bare model (EMA, checkpoints, parameter names)
+        self.out_dir = out_dir
+        self.log = logger.info
+        self.device = device
+        self.world = dist.world_size()
+        self.rank = dist.rank()
+        self.start_epoch = 1
+        self.best = {"top1": -1.0, "epoch": 0}
+        self.global_step = 0
+        self.nonfinite_streak = 0
+        self.history = []
+
+    # ----- setup
+    def setup(self, train_set, val_set):
+        cfg = self.config
+        self.train_set = train_set
+        self.train_sampler = TrainBatchSampler(len(train_set), cfg.DATA.BATCH_SIZE, self.rank, self.world,
+                                               seed=cfg.SEED)
+        self.train_loader = build_loader(train_set, self.train_sampler, cfg.DATA.NUM_WORKERS)
+        self.val_loader = build_eval_loader(cfg, val_set) if val_set is not None else None
+        accum = cfg.TRAIN.ACCUM_ITER
+        self.batches_per_epoch = len(self.train_sampler)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        total_batch = cfg.DATA.BATCH_SIZE * accum * self.world
+        self.scheduler = build_scheduler(cfg, self.steps_per_epoch, total_batch)
+        amp_o2 = cfg.AMP.ENABLE and cfg.AMP.LEVEL == "O2"
+        self.optimizer = build_optimizer(cfg, self.model, self.scheduler, self.method.lr_mult_fn(cfg, self.model),
+                                         multi_precision=amp_o2)
+        if amp_o2:
+            self.model, self.optimizer = paddle.amp.decorate(models=self.model, optimizers=self.optimizer,
+                                                             level="O2", dtype=cfg.AMP.DTYPE)
+        self.scaler = None
+        if cfg.AMP.ENABLE and cfg.AMP.DTYPE == "float16":
+            self.scaler = paddle.amp.GradScaler(init_loss_scaling=cfg.AMP.INIT_SCALE)
+        if cfg.AMP.ENABLE and self.device == "cpu":
+            self.log("AMP on CPU: Paddle keeps these ops in float32 here; the flag is accepted and has no effect")
+        self.ema = ModelEma(self.model, cfg.EMA.DECAY) if cfg.EMA.ENABLE else None
+        self.mixup = self._build_mixup()
+        self.criterion = ClassificationLoss(cfg.MODEL.NUM_CLASSES, cfg.TRAIN.SMOOTHING, cfg.TRAIN.SMOOTHING_MODE)
+        self.ddp = paddle.DataParallel(self.model) if self.world > 1 else None
+        self.log(f"training {len(train_set)} images, {self.batches_per_epoch} batches of {cfg.DATA.BATCH_SIZE} per "
+                 f"process x {self.world} process(es), accumulation {accum}: {self.steps_per_epoch} optimizer "
+                 f"steps per epoch; base lr {self.scheduler.base:.3g} for total batch {total_batch}")
+
+    def _build_mixup(self):
+        a = self.config.AUG
+        if a.MIXUP_PROB <= 0 or (a.MIXUP_ALPHA <= 0 and a.CUTMIX_ALPHA <= 0):
+            return None
+        from common.data.mixup import Mixup
+        return Mixup(mixup_alpha=a.MIXUP_ALPHA, cutmix_alpha=a.CUTMIX_ALPHA,
+                     cutmix_minmax=list(a.CUTMIX_MINMAX) or None, prob=a.MIXUP_PROB, switch_prob=a.MIXUP_SWITCH_PROB,
+                     mode=a.MIXUP_MODE, label_smoothing=self.config.TRAIN.SMOOTHING,
+                     num_classes=self.config.MODEL.NUM_CLASSES)
+
+    # ----- checkpoints
+    def checkpoint_state(self, epoch):
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": _rename_opt_state(self.optimizer.state_dict(), _param_name_map(self.model)),
+            "lr_scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "best": dict(self.best),
+            "history": list(self.history),
+            "rng": rng_state(),
+            "world_size": self.world,
+            "config": self.config.dump(),
+        }
+
+    def save(self, epoch, is_best):
+        if self.rank != 0:
+            return
+        cfg = self.config.SAVE
+        state = self.checkpoint_state(epoch)
+        last = os.path.join(self.out_dir, "last.pdparams")
+        atomic_save(state, last)
+        if cfg.FREQ > 0 and (epoch % cfg.FREQ == 0 or epoch == self.config.TRAIN.EPOCHS):
+            atomic_save(state, os.path.join(self.out_dir, f"epoch_{epoch}.pdparams"))
+            self._prune_epoch_checkpoints()
+        if is_best:
+            atomic_save(state, os.path.join(self.out_dir, "best.pdparams"))
+
+    def _prune_epoch_checkpoints(self):
+        keep = self.config.SAVE.KEEP
+        if keep <= 0:
+            return
+        found = []
+        for f in os.listdir(self.out_dir):
+            if f.startswith("epoch_") and f.endswith(".pdparams"):
+                try:
+                    found.append((int(f[6:-9]), f))
+                except ValueError:
+                    pass
+        for _, f in sorted(found)[:-keep]:
+            os.remove(os.path.join(self.out_dir, f))
+
+    def resume(self, path):
+        state = read_checkpoint(path)
+        if not isinstance(state, dict) or "optimizer" not in state or "model" not in state:
+            raise CheckpointMismatchError(f"{path} is not a training checkpoint (no optimizer state); use "
+                                          "-pretrained to load weights only")
+        from common.checkpoint import check_state_dict
+        usable, _ = check_state_dict(self.model, state["model"])
+        self.model.set_state_dict(usable)
+        if self.ema is not None:
+            if state.get("ema"):
+                self.ema.set_state_dict(state["ema"])
+            else:
+                self.log("checkpoint has no EMA weights; EMA restarts from the current model")
+                self.ema = ModelEma(self.model, self.config.EMA.DECAY)
+        name_to_unique = {n: p.name for n, p in self.model.named_parameters()}
+        opt_state = to_tensors(_rename_opt_state(state["optimizer"], name_to_unique))
+        self.optimizer.set_state_dict(opt_state)
+        self.scheduler.set_state_dict(state["lr_scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(to_tensors(state["scaler"]))
+        self.start_epoch = int(state["epoch"]) + 1
+        self.global_step = int(state.get("global_step", 0))
+        self.best = dict(state.get("best") or self.best)
+        self.history = list(state.get("history") or [])
+        set_rng_state(state.get("rng"))
+        if int(state.get("world_size", self.world)) != self.world:
+            self.log(f"note: checkpoint was written with {state['world_size']} process(es), resuming with "
+                     f"{self.world}; the data order differs from an uninterrupted run")
+        self.log(f"resumed from {path}: epoch {state['epoch']} done, continuing at epoch {self.start_epoch}")
+
+    # ----- loops
+    def _seed_epoch(self, epoch):
+        # randomness is a function of (seed, epoch, rank), so a resumed run continues exactly as an uninterrupted one
+        seed = self.config.SEED
+        paddle.seed((seed * 100_003 + epoch * 1_009 + self.rank) % (2 ** 31))
+        self.train_sampler.set_epoch(epoch)
+        self.train_set.set_epoch(epoch)
+        return np.random.default_rng([seed, epoch, self.rank])
+
+    def _check_finite(self, loss, epoch, it):
+        bad = 0.0 if bool(paddle.isfinite(loss).all()) else 1.0
+        bad_anywhere = dist.all_reduce_max([bad])[0] > 0  # every rank takes the same decision
+        if not bad_anywhere:
+            return True
+        self.nonfinite_streak += 1
+        limit = self.config.TRAIN.MAX_NONFINITE
+        self.log(f"epoch {epoch} iter {it}: non-finite loss ({self.nonfinite_streak} in a row); step skipped")
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"the loss was non-finite {self.nonfinite_streak} times in a row (epoch {epoch}, iteration {it}); "
+                f"stopping. Lower TRAIN.BASE_LR, set TRAIN.GRAD_CLIP, or check the data. The last good checkpoint "
+                f"is in {self.out_dir}")
+        return False
+
+    def train_one_epoch(self, epoch):
+        cfg = self.config
+        rng = self._seed_epoch(epoch)
+        model = self.ddp or self.model
+        model.train()
+        accum = cfg.TRAIN.ACCUM_ITER
+        n = self.batches_per_epoch
+        mix_extras = self.method.mixup_extras(cfg)
+        loss_sum, loss_count, seen = 0.0, 0, 0
+        term_sums = {}
+        t_start = time.time()
+        skip_window = False
+        for it, batch in enumerate(self.train_loader):
+            images, labels, extras = split_batch(batch)
+            targets = labels
+            if self.mixup is not None:
+                images, targets, mixed = self.mixup(images, labels, rng, extras if (extras and mix_extras) else None)
+                if extras and mix_extras:
+                    extras = list(mixed)
+            window_end = (it + 1) % accum == 0 or it + 1 == n
+            sync = contextlib.nullcontext() if (self.ddp is None or window_end) else self.ddp.no_sync()
+            with sync:
+                with amp_context(cfg, self.device):
+                    outputs = self.method.forward(model, images, extras)
+                loss, terms = self.method.loss(self.criterion, outputs, targets, self.model)
+                finite = self._check_finite(loss, epoch, it)
+                if finite or self.scaler is not None:
+                    # under fp16 loss scaling the scaler sees the inf/nan gradients, skips the step and lowers the
+                    # scale; without it we drop this micro-batch ourselves
+                    scaled = loss / accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                else:
+                    skip_window = True
+            if finite:
+                loss_sum += float(loss)
+                loss_count += 1
+                for k, v in terms.items():
+                    term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            seen += int(images.shape[0])
+            if window_end:
+                if skip_window:
+                    self.optimizer.clear_grad(set_to_zero=False)
+                    skip_window = False
+                else:
+                    if self.scaler is not None:
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                    else:
+                        self.optimizer.step()
+                    self.optimizer.clear_grad(set_to_zero=False)
+                    if finite:
+                        self.nonfinite_streak = 0
+                    if self.ema is not None:
+                        self.ema.update(self.model)
+                self.scheduler.step()
+                self.global_step += 1
+            if (it + 1) % cfg.REPORT_FREQ == 0 or it + 1 == n:
+                self._report(epoch, it, n, t_start, seen, loss_sum / max(loss_count, 1),
+                             {k: v / max(loss_count, 1) for k, v in term_sums.items()})
+        return {"train_loss": loss_sum / max(loss_count, 1), "epoch_time": time.time() - t_start}
+
+    def _report(self, epoch, it, n, t_start, seen, avg_loss, terms):
+        elapsed = time.time() - t_start
+        per_iter = elapsed / (it + 1)
+        remaining = (n - it - 1) + (self.config.TRAIN.EPOCHS - epoch) * n
+        eta = int(per_iter * remaining)
+        ips = seen * self.world / max(elapsed, 1e-9)
+        lr = self.optimizer.get_lr()
+        extra = "".join(f" {k} {v:.4f}" for k, v in terms.items())
+        self.log(f"epoch {epoch}/{self.config.TRAIN.EPOCHS} iter {it + 1}/{n} loss {avg_loss:.4f}{extra} "
+                 f"lr {lr:.3e} {ips:.1f} img/s eta {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}")
+        self.writer.add("train/loss", avg_loss, self.global_step)
+        self.writer.add("train/lr", lr, self.global_step)
+        self.writer.add("train/images_per_s", ips, self.global_step)
+
+    def fit(self, writer):
+        cfg = self.config
+        self.writer = writer
+        last_metrics = {}
+        for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS + 1):
+            stats = self.train_one_epoch(epoch)
+            record = {"epoch": epoch, **stats}
+            is_best = False
+            if self.val_loader is not None and (epoch % cfg.EVAL.FREQ == 0 or epoch == cfg.TRAIN.EPOCHS):
+                metrics = evaluate(self.model, self.method, self.val_loader, cfg, self.device)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                self.log(self._format_metrics(f"epoch {epoch} val", metrics))
+                if self.ema is not None:
+                    with self.ema.swapped_into(self.model):
+                        ema_metrics = evaluate(self.model, self.method, self.val_loader, cfg, self.device)
+                    record.update({f"val_ema_{k}": v for k, v in ema_metrics.items()})
+                    self.log(self._format_metrics(f"epoch {epoch} val (EMA)", ema_metrics))
+                if metrics["top1"] > self.best["top1"]:
+                    self.best = {"top1": metrics["top1"], "epoch": epoch}
+                    is_best = True
+                for k in ("top1", "top5", "loss"):
+                    if k in metrics:
+                        writer.add(f"val/{k}", metrics[k], epoch)
+                last_metrics = metrics
+            writer.add("train/epoch_loss", stats["train_loss"], epoch)
+            self.history.append(record)
+            self.save(epoch, is_best)
+            if self.rank == 0:
+                self._write_metrics()
+        if last_metrics:
+            self.log(self._format_metrics(f"final (epoch {cfg.TRAIN.EPOCHS})", last_metrics) +
+                     f"; best top1 {self.best['top1']:.2f} at epoch {self.best['epoch']}")
+        return last_metrics
+
+    def _write_metrics(self):
+        path = os.path.join(self.out_dir, "metrics.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"history": self.history, "best": self.best}, f, indent=1)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _format_metrics(prefix, m):
+        main = " ".join(f"{k} {m[k]:.2f}" if isinstance(m[k], float) else f"{k} {m[k]}"
+                        for k in m if "/" not in k)
+        heads = sorted({k.split("/")[0] for k in m if "/" in k})
+        extra = "".join(f" | {h}: top1 {m[h + '/top1']:.2f}" for h in heads)
+        return f"{prefix}: {main}{extra}"

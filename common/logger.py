@@ -1,0 +1,48 @@
+"""Per-run logging: every rank writes `log_rank{r}.txt`; rank 0 also prints and writes `log.txt`.
+Scalars go to VisualDL (rank 0) when it is installed and enabled."""
+import logging
+import os
+import sys
+
+
+def setup_logger(out_dir, rank, name="suite"):
+    logger = logging.getLogger(f"{name}.{os.path.abspath(out_dir)}.{rank}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for h in list(logger.handlers):
+        logger.removeHandler(h)
+        h.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%m-%d %H:%M:%S")
+    os.makedirs(out_dir, exist_ok=True)
+    handlers = [logging.FileHandler(os.path.join(out_dir, f"log_rank{rank}.txt"))]
+    if rank == 0:
+        handlers += [logging.FileHandler(os.path.join(out_dir, "log.txt")), logging.StreamHandler(sys.stdout)]
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    # data-set warnings (e.g. a skipped bad image) go to the same place
+    data_logger = logging.getLogger("common.data.datasets")
+    data_logger.handlers = list(handlers)
+    data_logger.propagate = False
+    return logger
+
+
+class ScalarWriter:
+    """VisualDL scalars on rank 0; a no-op elsewhere or when VisualDL is missing/disabled."""
+
+    def __init__(self, logdir, enabled):
+        self._writer = None
+        if enabled:
+            try:
+                from visualdl import LogWriter
+                self._writer = LogWriter(logdir=logdir)
+            except Exception:  # visualdl is optional at run time
+                self._writer = None
+
+    def add(self, tag, value, step):
+        if self._writer is not None:
+            self._writer.add_scalar(tag=tag, value=float(value), step=int(step))
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
