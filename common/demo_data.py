@@ -1,10 +1,11 @@
 """A small, learnable, fine-grained-style image data set that the suite can always train on.
 
-Eight kinds of drawn "birds" on noisy backgrounds. Classes differ only in details: the plumage pattern (plain,
-horizontal bars, vertical stripes, spots) and the beak (short or long). Body colour, size, position, pose and the
-background vary at random and carry no class information. Each image also has a latitude, longitude and date
+Eight kinds of drawn "birds" on noisy backgrounds. Classes differ only in details of the plumage: its pattern
+(horizontal bars, vertical stripes, spots, checks) and the pattern's grain (fine or coarse). Body colour, size,
+position, pose, beak length and the background vary at random and carry no class information.
+Each image also has a latitude, longitude and date
 drawn around a class-specific range and season (some missing), so that methods using metadata (Dynamic MLP) have
-something to gain: the two classes that differ only by the beak live in different places.
+something to gain: the two classes that differ only by the grain live in different places.
 
 Layout written (list-file convention of the suite):
     <root>/images/<class>/<nnnn>.jpg
@@ -22,14 +23,14 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-PATTERNS = ("plain", "barred", "striped", "spotted")
-BEAKS = ("short", "long")
-CLASS_NAMES = [f"{p}_{b}_beak" for p in PATTERNS for b in BEAKS]
+PATTERNS = ("barred", "striped", "spotted", "checkered")
+GRAINS = ("fine", "coarse")
+CLASS_NAMES = [f"{p}_{g}" for p in PATTERNS for g in GRAINS]
 # per class: (latitude, longitude) centre and the peak day of the year
 HOMES = [(50, 10, 120), (-30, 140, 300), (40, -100, 160), (-10, -60, 30),
          (60, 100, 200), (5, 20, 250), (-40, 175, 340), (30, 70, 80)]
 IMAGE_SIZE = 80
-MARKER = "demo_data_v1"
+MARKER = "demo_data_v2"
 
 
 def _background(rng, size):
@@ -41,7 +42,7 @@ def _background(rng, size):
 
 
 def _draw_bird(rng, label, size=IMAGE_SIZE):
-    pattern, beak = PATTERNS[label // 2], BEAKS[label % 2]
+    pattern, fine = PATTERNS[label // 2], GRAINS[label % 2] == "fine"
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     scale = rng.uniform(0.8, 1.15)
@@ -58,7 +59,7 @@ def _draw_bird(rng, label, size=IMAGE_SIZE):
     ImageDraw.Draw(mask).ellipse(box, fill=255)
     marks = Image.new("RGB", (size, size), body_col)
     md = ImageDraw.Draw(marks)
-    step = 5 * scale
+    step = (3.6 if fine else 6.4) * scale
     if pattern == "barred":
         y = cy - bh
         while y < cy + bh:
@@ -70,10 +71,15 @@ def _draw_bird(rng, label, size=IMAGE_SIZE):
             md.rectangle((x, cy - bh, x + step / 2, cy + bh), fill=mark_col)
             x += step
     elif pattern == "spotted":
-        for _ in range(9):
+        for _ in range(16 if fine else 6):
             sx, sy = rng.uniform(cx - bw * 0.8, cx + bw * 0.8), rng.uniform(cy - bh * 0.7, cy + bh * 0.7)
-            r = 2.2 * scale
+            r = (1.4 if fine else 3.0) * scale
             md.ellipse((sx - r, sy - r, sx + r, sy + r), fill=mark_col)
+    elif pattern == "checkered":
+        for i, y in enumerate(np.arange(cy - bh, cy + bh, step)):
+            for j, x in enumerate(np.arange(cx - bw, cx + bw, step)):
+                if (i + j) % 2 == 0:
+                    md.rectangle((x, y, x + step, y + step), fill=mark_col)
     img.paste(marks, (0, 0), mask)
     # head and beak
     hx, hy, hr = cx + facing * (bw + 4 * scale), cy - bh * 0.7, 8 * scale
@@ -81,7 +87,7 @@ def _draw_bird(rng, label, size=IMAGE_SIZE):
     eye = 1.6 * scale
     draw.ellipse((hx + facing * 3 * scale - eye, hy - 2 * scale - eye, hx + facing * 3 * scale + eye,
                   hy - 2 * scale + eye), fill=(0, 0, 0))
-    length = (4 if beak == "short" else 18) * scale * rng.uniform(0.9, 1.1)
+    length = rng.uniform(4, 16) * scale
     tip_x = hx + facing * (hr + length)
     draw.polygon([(hx + facing * hr * 0.8, hy - 4 * scale), (hx + facing * hr * 0.8, hy + 4 * scale),
                   (tip_x, hy + rng.uniform(-1, 1))], fill=(235, 170, 30))

@@ -1,0 +1,38 @@
+import os
+import sys
+
+import pytest
+
+from common import launch
+
+
+def test_cpu_single_process_runs_the_script_directly():
+    cmd = launch.build_command("train", ["-cfg", "configs/resmlp/demo.yaml"], gpus=[], nproc=1)
+    assert cmd[0] == sys.executable and cmd[1].endswith(os.path.join("resmlp", "main_multi_gpu.py"))
+    assert cmd[2:] == ["-cfg", "configs/resmlp/demo.yaml"]
+
+
+def test_gpus_and_cpu_processes_go_through_the_paddle_launcher():
+    cmd = launch.build_command("eval", ["-cfg", "configs/resmlp/x.yaml", "-output", "o"], gpus=["0", "1"], nproc=2)
+    assert cmd[1:5] == ["-m", "paddle.distributed.launch", "--gpus", "0,1"]
+    assert cmd[-1] == "-eval"                              # eval mode adds the flag
+    cmd = launch.build_command("train", ["-cfg", "configs/resmlp/x.yaml"], gpus=[], nproc=3, ips="a,b")
+    assert "--nproc_per_node" in cmd and cmd[cmd.index("--nproc_per_node") + 1] == "3"
+    assert cmd[cmd.index("--ips") + 1] == "a,b"
+
+
+def test_method_is_taken_from_the_config_path():
+    assert launch.method_of("configs/dynamic_mlp/r50.yaml") == "dynamic_mlp"
+    assert launch.method_of("/abs/configs/pim/cub.yaml") == "pim"
+    with pytest.raises(SystemExit, match="cannot tell the method"):
+        launch.method_of("other/x.yaml")
+
+
+def test_no_arguments_means_the_demo_job(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "REPO", str(tmp_path))
+    os.makedirs(tmp_path / "configs" / "resmlp")
+    args = launch.demo_args("train")
+    assert args[args.index("-data_path") + 1] == str(tmp_path / "demo_data")
+    assert os.path.exists(tmp_path / "demo_data" / "train_list.txt")   # written on first use
+    with pytest.raises(SystemExit, match="run 'sh run_train_multi.sh' first"):
+        launch.demo_args("eval")
