@@ -32,6 +32,10 @@ def constant_(param, value):
     _set(param, np.full(param.shape, value))
 
 
+def uniform_(param, low, high):
+    _set(param, np.random.uniform(low, high, size=param.shape))
+
+
 def normal_(param, std=1.0, mean=0.0):
     _set(param, np.random.normal(mean, std, size=param.shape))
 

@@ -157,3 +157,15 @@ def test_unknown_key_and_bad_data_fail_with_a_clear_message(small_demo, tmp_path
     assert proc.returncode == 2 and "TRAIN.EPOCHZ" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli(resmlp_main("-cfg", DEMO_CFG, "-data_path", str(tmp_path)), check=False)
     assert proc.returncode == 2 and "train_list.txt" in proc.stderr
+
+
+def test_gradient_accumulation_matches_the_large_batch(small_demo, tmp_path):
+    """8 x 2 accumulated micro-batches take the same steps as batches of 16 (no BatchNorm, no dropout)."""
+    common = ["-cfg", DEMO_CFG, "-data_path", small_demo, "-opts", *TINY_RESMLP, "TRAIN.EPOCHS", "2",
+              "TRAIN.WARMUP_EPOCHS", "1"]
+    big, acc = str(tmp_path / "big"), str(tmp_path / "acc")
+    run_cli(resmlp_main("-output", big, "-batch_size", "16", *common))
+    run_cli(resmlp_main("-output", acc, "-batch_size", "8", "-accum_iter", "2", *common))
+    a, b = final(big), final(acc)
+    assert a["val_correct"] == b["val_correct"]
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)

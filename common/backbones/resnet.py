@@ -1,0 +1,154 @@
+"""ResNet (v1.5: stride on the 3x3 conv) with torchvision parameter names, shared by every method.
+
+Keys match torchvision's `resnet50` state dict after the usual BatchNorm renames (`running_mean` -> `_mean`,
+`running_var` -> `_variance`) and the `fc.weight` transpose, so torchvision and timm checkpoints port by rule.
+"""
+import math
+
+import paddle.nn as nn
+
+from common import init
+
+
+def batch_norm(channels):
+    # torch BatchNorm2d(momentum=0.1, eps=1e-5) == Paddle BatchNorm2D(momentum=0.9, epsilon=1e-5)
+    return nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
+
+
+def conv3x3(cin, cout, stride=1, groups=1, dilation=1):
+    return nn.Conv2D(cin, cout, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation,
+                     bias_attr=False)
+
+
+def conv1x1(cin, cout, stride=1):
+    return nn.Conv2D(cin, cout, 1, stride=stride, bias_attr=False)
+
+
+class BasicBlock(nn.Layer):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv3x3(inplanes, planes, stride)
+        self.bn1 = batch_norm(planes)
+        self.relu = nn.ReLU()
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = batch_norm(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Layer):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = conv1x1(inplanes, planes)
+        self.bn1 = batch_norm(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = batch_norm(planes)
+        self.conv3 = conv1x1(planes, planes * 4)
+        self.bn3 = batch_norm(planes * 4)
+        self.relu = nn.ReLU()
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Layer):
+    """`forward` gives logits; `forward_features` the pooled feature; `stage_features` the four stage outputs."""
+
+    def __init__(self, block, layers, num_classes=1000, in_channels=3, drop_rate=0.0):
+        super().__init__()
+        self.inplanes = 64
+        self.conv1 = nn.Conv2D(in_channels, 64, 7, stride=2, padding=3, bias_attr=False)
+        self.bn1 = batch_norm(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2D(1)
+        self.num_features = 512 * block.expansion
+        self.stage_channels = [64 * block.expansion, 128 * block.expansion, 256 * block.expansion,
+                               512 * block.expansion]
+        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def _make_layer(self, block, planes, blocks, stride=1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride),
+                                       batch_norm(planes * block.expansion))
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def reset_parameters(self):
+        """torchvision's initialisation: He-normal (fan_out) convs, unit BatchNorm, torch-default Linear."""
+        for layer in self.sublayers():
+            if isinstance(layer, nn.Conv2D):
+                init.kaiming_normal_(layer.weight, mode="fan_out")
+            elif isinstance(layer, nn.BatchNorm2D):
+                init.ones_(layer.weight)
+                init.zeros_(layer.bias)
+            elif isinstance(layer, nn.Linear):
+                reset_linear_like_torch(layer)
+
+    def stem(self, x):
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def stage_features(self, x):
+        x = self.stem(x)
+        feats = []
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = stage(x)
+            feats.append(x)
+        return feats
+
+    def forward_features(self, x):
+        x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))
+        return self.avgpool(x).flatten(1)
+
+    def forward(self, x):
+        return self.fc(self.drop(self.forward_features(x)))
+
+    def classifier_keys(self):
+        return ["fc.weight", "fc.bias"]
+
+
+def reset_linear_like_torch(layer):
+    """torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    init.kaiming_uniform_torch_default_(layer.weight, linear=True)
+    if layer.bias is not None:
+        bound = 1.0 / math.sqrt(layer.weight.shape[0])
+        init.uniform_(layer.bias, -bound, bound)
+
+
+RESNET_DEPTHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnet152": (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def create_resnet(name="resnet50", **kwargs):
+    if name not in RESNET_DEPTHS:
+        raise KeyError(f"unknown ResNet '{name}'; known: {', '.join(RESNET_DEPTHS)}")
+    block, layers = RESNET_DEPTHS[name]
+    return ResNet(block, layers, **kwargs)
