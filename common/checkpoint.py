@@ -6,11 +6,11 @@ random states and the config. Every file a user hands us is read with the restri
 """
 import os
 import random
-import zipfile
 
 import numpy as np
 import paddle
 
+from common.porting.reader import checkpoint_format
 from common.safe_pickle import load_paddle_file
 
 
@@ -32,13 +32,9 @@ def atomic_save(obj, path):
 
 
 def read_checkpoint(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if zipfile.is_zipfile(path) or head[:2] == b"\x80\x02" and path.endswith((".pth", ".pt", ".bin")):
+    if checkpoint_format(path) != "pickle":
         raise CheckpointMismatchError(
-            f"{path} looks like a PyTorch checkpoint; convert it first: "
+            f"{path} is not a Paddle checkpoint (a PyTorch or safetensors file?); convert it first: "
             f"python -m common.port --model NAME --src {path} --dst out.pdparams")
     return load_paddle_file(path)
 

@@ -5,6 +5,7 @@ loader in the suite goes through `RestrictedUnpickler`, which resolves only an e
 (containers, numpy array/dtype rebuilds, and whatever a caller adds, e.g. torch tensor rebuild stubs). Anything else
 raises `UnsafePickleError` naming the global, before it is called.
 """
+import _compat_pickle
 import collections
 import io
 import pickle
@@ -60,6 +61,12 @@ class RestrictedUnpickler(pickle.Unpickler):
             self.persistent_load = persistent_load
 
     def find_class(self, module, name):
+        # protocol < 3 pickles (torch writes 2) spell globals the Python 2 way (`__builtin__.set`); translate them as
+        # pickle itself does, so the allow-list and error messages see the real names
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         try:
             return self._allowed[(module, name)]
         except KeyError:
