@@ -4,6 +4,7 @@ Keys match torchvision's `resnet50` state dict after the usual BatchNorm renames
 `running_var` -> `_variance`) and the `fc.weight` transpose, so torchvision and timm checkpoints port by rule.
 """
 import math
+import re
 
 import paddle.nn as nn
 
@@ -152,3 +153,14 @@ def create_resnet(name="resnet50", **kwargs):
         raise KeyError(f"unknown ResNet '{name}'; known: {', '.join(RESNET_DEPTHS)}")
     block, layers = RESNET_DEPTHS[name]
     return ResNet(block, layers, **kwargs)
+
+
+def torchvision_resnet_rules(prefix=""):
+    """torchvision / timm ResNet keys -> ours (optionally under `prefix`, e.g. 'backbone.'): BatchNorm statistics
+    renamed, the classifier's Linear weight transposed; every other name is identical."""
+    from common.porting import PrefixRename, Transpose, batchnorm_rules
+    rules = list(batchnorm_rules())
+    if prefix:
+        rules.append(PrefixRename("", prefix))
+    rules.append(Transpose(re.escape(prefix) + r"fc\.weight", ndim=2))
+    return rules
