@@ -1,0 +1,5 @@
+import sys
+
+from common.prepare.cli import main
+
+sys.exit(main())
