@@ -17,6 +17,11 @@ class ClassificationMethod:
     def build_model(self, config):
         raise NotImplementedError
 
+    def read_samples(self, config, split):
+        """Samples (`common.data.datasets.Sample`) of `split` ('train' / 'val') for a data layout the method reads
+        itself (e.g. an annotation file), or None to let the engine read DATA.DATASET 'list' / 'folder'."""
+        return None
+
     def meta_fn(self, config):
         """Extra list-file columns -> float32 vector passed to the model, or None for image-only methods."""
         return None
@@ -40,6 +45,12 @@ class ClassificationMethod:
 
     def lr_mult_fn(self, config, model):
         """name -> learning-rate multiplier for parameter groups, or None for one rate."""
+        return None
+
+    def prepare_training(self, config, model, log):
+        """Called once per training run, after -pretrained weights are loaded and before the optimizer is built
+        (when resuming: before the checkpoint is restored); e.g. re-initialise layers or snapshot the starting
+        weights. Not called for -eval."""
         return None
 
     def mixup_extras(self, config):

@@ -210,10 +210,12 @@ def verify(spec, flavour, args, fmt, report, model=None, batch=2, tol=1e-5, log=
     ref_model.eval()
     model.eval()
     x = seeded_input((batch,) + tuple(spec.input_size), seed=0)
+    # models with more inputs than the image (e.g. metadata) name them in spec.extra["verify_inputs"]: batch -> arrays
+    extras = list(spec.extra["verify_inputs"](batch)) if spec.extra.get("verify_inputs") else []
     with torch.no_grad():
-        ref_out = ref_model(torch.from_numpy(x)).float().numpy()
+        ref_out = ref_model(torch.from_numpy(x), *[torch.from_numpy(e) for e in extras]).float().numpy()
     with paddle.no_grad():
-        out = model(paddle.to_tensor(x)).astype("float32").numpy()
+        out = model(paddle.to_tensor(x), *[paddle.to_tensor(e) for e in extras]).astype("float32").numpy()
     if out.shape != ref_out.shape:
         log(f"verify: output shapes differ: paddle {out.shape}, reference {ref_out.shape}")
         return 1, None

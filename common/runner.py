@@ -62,6 +62,7 @@ def run(method, argv=None):
                 json.dump(metrics, f, indent=1)
         return metrics
 
+    method.prepare_training(config, model, logger.info)
     train_set, val_set = build_datasets(config, method)
     trainer = Trainer(config, method, model, out_dir, logger, device)
     trainer.setup(train_set, val_set)

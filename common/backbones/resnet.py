@@ -130,6 +130,14 @@ class ResNet(nn.Layer):
     def classifier_keys(self):
         return ["fc.weight", "fc.bias"]
 
+    def ordered_blocks(self):
+        """The body, input side first, as (block name, [owned sublayer paths]): ("stem", ["conv1", "bn1"]), then
+        one entry per residual block ("layer1.0", ["layer1.0"]), ... The classifier `fc` is not included."""
+        blocks = [("stem", ["conv1", "bn1"])]
+        for s, stage in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), 1):
+            blocks += [(f"layer{s}.{i}", [f"layer{s}.{i}"]) for i in range(len(stage))]
+        return blocks
+
 
 def reset_linear_like_torch(layer):
     """torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""

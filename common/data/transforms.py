@@ -150,9 +150,9 @@ def build_train_transform(config, extra_pil_steps=()):
     if aug.RAND_AUGMENT or aug.AUTO_AUGMENT:
         from common.data.auto_augment import build_policy
     if aug.RAND_AUGMENT:
-        policy = build_policy(aug.RAND_AUGMENT, size, mean_pixel)
+        policy = build_policy(aug.RAND_AUGMENT, size, mean_pixel, interpolation=config.DATA.INTERPOLATION)
     elif aug.AUTO_AUGMENT:
-        policy = build_policy(aug.AUTO_AUGMENT, size, mean_pixel)
+        policy = build_policy(aug.AUTO_AUGMENT, size, mean_pixel, interpolation=config.DATA.INTERPOLATION)
     elif aug.COLOR_JITTER > 0:
         cj = aug.COLOR_JITTER
         policy = T.ColorJitter(brightness=cj, contrast=cj, saturation=cj)

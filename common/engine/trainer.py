@@ -37,7 +37,11 @@ def build_datasets(config, method, train=True, val=True):
     meta_fn = method.meta_fn(config)
 
     def make(split_list, split_dir, is_train):
-        if d.DATASET == "list":
+        samples = method.read_samples(config, "train" if is_train else "val")
+        what = split_list if d.DATASET == "list" else split_dir
+        if samples is not None:
+            what = f"the {'train' if is_train else 'val'} split (DATA.DATASET '{d.DATASET}')"
+        elif d.DATASET == "list":
             samples = read_list_file(os.path.join(root, split_list), root, num_classes)
         elif d.DATASET == "folder":
             samples, folder_classes = scan_class_folders(os.path.join(root, split_dir), classes)
@@ -47,7 +51,7 @@ def build_datasets(config, method, train=True, val=True):
         else:
             raise DataError(f"DATA.DATASET '{d.DATASET}' is not 'list' or 'folder'")
         if d.CHECK_FILES:
-            check_files_exist(samples, split_list if d.DATASET == "list" else split_dir)
+            check_files_exist(samples, what)
         transform = method.train_transform(config) if is_train else method.eval_transform(config)
         return ImageDataset(samples, transform, train=is_train, seed=config.SEED, meta_fn=meta_fn,
                             skip_bad_images=d.SKIP_BAD_IMAGES, classes=classes)
@@ -143,7 +147,7 @@ def _rename_opt_state(state, mapping):
     for key, value in state.items():
         if key == "master_weights" and isinstance(value, dict):
             out[key] = {rename(k): v for k, v in value.items()}
-        elif key in ("LR_Scheduler", "StructuredToParameterName@@"):
+        elif key == "StructuredToParameterName@@":
             continue
         else:
             out[rename(key)] = value
@@ -206,7 +210,7 @@ class Trainer:
         return Mixup(mixup_alpha=a.MIXUP_ALPHA, cutmix_alpha=a.CUTMIX_ALPHA,
                      cutmix_minmax=list(a.CUTMIX_MINMAX) or None, prob=a.MIXUP_PROB, switch_prob=a.MIXUP_SWITCH_PROB,
                      mode=a.MIXUP_MODE, label_smoothing=self.config.TRAIN.SMOOTHING,
-                     num_classes=self.config.MODEL.NUM_CLASSES)
+                     num_classes=self.config.MODEL.NUM_CLASSES, smoothing_mode=self.config.TRAIN.SMOOTHING_MODE)
 
     # ----- checkpoints
     def checkpoint_state(self, epoch):
