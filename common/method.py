@@ -53,6 +53,10 @@ class ClassificationMethod:
         weights. Not called for -eval."""
         return None
 
+    def export_inputs(self, config):
+        """Extra model inputs besides the image, as [(name, shape without the batch axis, dtype)], for export."""
+        return []
+
     def mixup_extras(self, config):
         """Whether mixup mixes the extra inputs (metadata) along with the images."""
         return True

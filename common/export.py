@@ -1,0 +1,102 @@
+"""Export for deployment: `python <method>/export.py -cfg ... -pretrained ... -output DIR [-onnx]`.
+
+Writes DIR/model.json + DIR/model.pdiparams (`paddle.jit.save` of the eval-mode model, returning the logits of the
+method's main head) and DIR/inference.json with everything preprocessing needs (size, resize, crop_pct,
+interpolation, mean, std, class names, the inputs). With -onnx, also DIR/model.onnx through paddle2onnx.
+`common.deploy.ExportedClassifier` loads either.
+"""
+import argparse
+import json
+import os
+import sys
+
+import paddle
+import paddle.nn as nn
+
+from common.data.transforms import eval_resize_size
+from common.inference import add_model_flags, class_names_for, load_model
+
+MODEL_PREFIX = "model"
+META_FILE = "inference.json"
+
+
+class MainHead(nn.Layer):
+    """The model as deployed: inputs -> logits of the head the method stands behind."""
+
+    def __init__(self, method, model):
+        super().__init__()
+        self.model = model
+        self._method = method
+
+    def forward(self, image, *extras):
+        outputs = self._method.forward(self.model, image, list(extras))
+        return self._method.eval_heads(outputs)[self._method.main_head]
+
+
+def input_specs(method, config):
+    size = config.DATA.IMAGE_SIZE
+    specs = [paddle.static.InputSpec([None, config.DATA.IMAGE_CHANNELS, size, size], "float32", "image")]
+    for name, shape, dtype in method.export_inputs(config):
+        specs.append(paddle.static.InputSpec([None] + list(shape), dtype, name))
+    return specs
+
+
+def preprocessing(config, names):
+    return {
+        "image_size": config.DATA.IMAGE_SIZE,
+        "resize_size": eval_resize_size(config),
+        "crop_pct": config.DATA.CROP_PCT,
+        "interpolation": config.DATA.INTERPOLATION,
+        "mean": list(config.DATA.MEAN),
+        "std": list(config.DATA.STD),
+        "class_names": names,
+        "num_classes": config.MODEL.NUM_CLASSES,
+    }
+
+
+def export_model(method, config, model, out_dir, names=None, onnx=False, opset=13):
+    os.makedirs(out_dir, exist_ok=True)
+    model.eval()
+    wrapped = MainHead(method, model)
+    wrapped.eval()
+    specs = input_specs(method, config)
+    static = paddle.jit.to_static(wrapped, input_spec=specs, full_graph=True)
+    prefix = os.path.join(out_dir, MODEL_PREFIX)
+    paddle.jit.save(static, prefix)
+    meta = preprocessing(config, names or [str(i) for i in range(config.MODEL.NUM_CLASSES)])
+    meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head,
+                 "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("paddle.", "")}
+                            for s in specs]})
+    graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
+    meta["files"] = {"graph": os.path.basename(graph), "params": MODEL_PREFIX + ".pdiparams"}
+    if onnx:
+        meta["files"]["onnx"] = export_onnx(graph, prefix + ".pdiparams", prefix + ".onnx", opset)
+    with open(os.path.join(out_dir, META_FILE), "w") as f:
+        json.dump(meta, f, indent=1)
+    return meta
+
+
+def export_onnx(graph, params, dst, opset=13):
+    try:
+        import paddle2onnx
+    except ImportError:
+        raise RuntimeError("ONNX export needs paddle2onnx (pip install paddle2onnx onnxruntime)") from None
+    paddle2onnx.export(graph, params, dst, opset_version=opset, enable_onnx_checker=True)
+    return os.path.basename(dst)
+
+
+def export_main(method, argv=None):
+    p = add_model_flags(argparse.ArgumentParser(description=f"{method.name}: export for Paddle Inference / ONNX"))
+    p.add_argument("-output", type=str, required=True, help="folder for model.json, model.pdiparams, inference.json")
+    p.add_argument("-onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
+    p.add_argument("-opset", type=int, default=13)
+    args = p.parse_args(argv)
+    try:
+        config, model = load_model(method, args)
+        meta = export_model(method, config, model, args.output, class_names_for(config, args.data_path),
+                            onnx=args.onnx, opset=args.opset)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"exported {config.MODEL.NAME} to {args.output}: " + ", ".join(meta["files"].values()) + f", {META_FILE}")
+    return meta
