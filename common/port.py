@@ -88,19 +88,6 @@ def _paddle_dtypes(state):
     return out
 
 
-def atomic_paddle_save(obj, path):
-    import paddle
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        paddle.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _print_list(registry, origin, errors, out):
     print("models that can be ported:", file=out)
     for name in sorted(registry):
@@ -260,7 +247,8 @@ def main(argv=None):
     except (CheckpointFormatError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    atomic_paddle_save(ported, args.dst)
+    from common.checkpoint import atomic_save
+    atomic_save(ported, args.dst)
     print(report.summary())
     print(f"wrote {args.dst} ({len(ported)} tensors, model {args.model})")
     if args.verify:
