@@ -1,0 +1,1 @@
+"""Speed and memory benchmark of the suite against the PyTorch references: `python -m bench [--quick]`."""
