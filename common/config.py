@@ -100,6 +100,7 @@ def get_default_config():
     _C.EVAL = CN()
     _C.EVAL.ONLY = False
     _C.EVAL.FREQ = 1                    # epochs between evaluations
+    _C.EVAL.TOPK = [5]                  # top-k accuracies reported besides top-1 (k capped at the class count)
 
     _C.SAVE = CN()
     _C.SAVE.OUTPUT = "./output"

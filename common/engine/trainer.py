@@ -92,7 +92,8 @@ def evaluate(model, method, loader, config, device="cpu"):
     """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size."""
     model.eval()
     num_classes = config.MODEL.NUM_CLASSES
-    k = min(5, num_classes)
+    ks = sorted({min(int(k), num_classes) for k in config.EVAL.TOPK}) or [min(5, num_classes)]
+    width = 2 + len(ks)  # per head: top-1 hits, loss sum, then hits within each top-k
     counts, names = None, None
     total = 0
     for batch in loader:
@@ -102,28 +103,30 @@ def evaluate(model, method, loader, config, device="cpu"):
         heads = method.eval_heads(outputs)
         if names is None:
             names = list(heads)
-            counts = np.zeros((len(names), 3), dtype="float64")
+            counts = np.zeros((len(names), width), dtype="float64")
         for i, name in enumerate(names):
             logits = heads[name].astype("float32")
-            top = paddle.topk(logits, k, axis=1)[1]
+            top = paddle.topk(logits, max(ks), axis=1)[1]
             hit = (top == labels.unsqueeze(1)).astype("float64")
             counts[i, 0] += float(hit[:, 0].sum())
-            counts[i, 1] += float(hit.sum())
-            counts[i, 2] += float(eval_loss_sum(logits, labels))
+            counts[i, 1] += float(eval_loss_sum(logits, labels))
+            for j, k in enumerate(ks):
+                counts[i, 2 + j] += float(hit[:, :k].sum())
         total += int(labels.shape[0])
     if names is None:  # this rank had no samples; ask the model for its head names with an empty pass
         names = [method.main_head]
-        counts = np.zeros((1, 3), dtype="float64")
+        counts = np.zeros((1, width), dtype="float64")
     summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total]]))
     n = summed[-1]
-    per_head = summed[:-1].reshape(len(names), 3)
+    per_head = summed[:-1].reshape(len(names), width)
     metrics = {"count": int(n)}
-    for name, (c1, c5, loss) in zip(names, per_head):
+    for name, row in zip(names, per_head):
         prefix = "" if name == method.main_head else f"{name}/"
-        metrics[f"{prefix}top1"] = 100.0 * c1 / max(n, 1)
-        metrics[f"{prefix}top{k}"] = 100.0 * c5 / max(n, 1)
-        metrics[f"{prefix}loss"] = loss / max(n, 1)
-        metrics[f"{prefix}correct"] = int(c1)
+        metrics[f"{prefix}top1"] = 100.0 * row[0] / max(n, 1)
+        for j, k in enumerate(ks):
+            metrics[f"{prefix}top{k}"] = 100.0 * row[2 + j] / max(n, 1)
+        metrics[f"{prefix}loss"] = row[1] / max(n, 1)
+        metrics[f"{prefix}correct"] = int(row[0])
     return metrics
 
 
@@ -405,8 +408,8 @@ class Trainer:
                 if metrics["top1"] > self.best["top1"]:
                     self.best = {"top1": metrics["top1"], "epoch": epoch}
                     is_best = True
-                for k in ("top1", "top5", "loss"):
-                    if k in metrics:
+                for k in metrics:  # the main head's top-1, every configured top-k, and the loss
+                    if k == "loss" or (k.startswith("top") and "/" not in k):
                         writer.add(f"val/{k}", metrics[k], epoch)
                 last_metrics = metrics
             writer.add("train/epoch_loss", stats["train_loss"], epoch)

@@ -1,0 +1,136 @@
+"""What PIM tells the shared engine: config, model, PIM's data transforms, its loss terms and its heads."""
+import random
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+from common.config import ConfigError
+from common.data.transforms import (CenterCrop, Compose, RandomCrop, ResizeShortSide, ToNormalizedArray,
+                                    build_train_transform, eval_resize_size, pil_interpolation)
+from common.method import ClassificationMethod
+from pim.config import get_config
+from pim.model import build_from_config
+from pim.pim_module import head_logits, pim_loss
+
+
+# ----------------------------------------------------------------------------------------------------- transforms
+class SquareResize:
+    """Resize to size x size, aspect ratio not kept (the reference's Resize((510, 510)))."""
+
+    def __init__(self, size, interpolation="bilinear"):
+        self.size = size
+        self.interpolation = pil_interpolation(interpolation)
+
+    def __call__(self, img):
+        return img.resize((self.size, self.size), self.interpolation)
+
+
+def gaussian_kernel_1d(kernel, sigma):
+    x = np.arange(kernel, dtype=np.float64) - (kernel - 1) / 2.0
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(img, kernel, sigma):
+    """Separable `kernel` x `kernel` Gaussian blur with reflected borders (as torchvision's GaussianBlur)."""
+    arr = np.asarray(img, dtype=np.float32)
+    k = gaussian_kernel_1d(kernel, sigma).astype(np.float32)
+    r = kernel // 2
+    padded = np.pad(arr, ((r, r), (r, r), (0, 0)), mode="reflect")
+    rows = sum(k[i] * padded[i:i + arr.shape[0]] for i in range(kernel))
+    out = sum(k[i] * rows[:, i:i + arr.shape[1]] for i in range(kernel))
+    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+
+
+class RandomGaussianBlur:
+    def __init__(self, prob=0.1, kernel=5, sigma=(0.1, 5.0)):
+        self.prob, self.kernel, self.sigma = prob, int(kernel), tuple(sigma)
+
+    def __call__(self, img):
+        if random.random() >= self.prob:
+            return img
+        return gaussian_blur(img, self.kernel, random.uniform(*self.sigma))
+
+
+class RandomSharpness:
+    def __init__(self, prob=0.1, factor=1.5):
+        self.prob, self.factor = prob, factor
+
+    def __call__(self, img):
+        if random.random() >= self.prob:
+            return img
+        return ImageEnhance.Sharpness(img).enhance(self.factor)
+
+
+def pim_train_transform(config):
+    a = config.AUG
+    extras = []
+    if a.BLUR_PROB > 0:
+        extras.append(RandomGaussianBlur(a.BLUR_PROB, a.BLUR_KERNEL, a.BLUR_SIGMA))
+    if a.SHARPEN_PROB > 0:
+        extras.append(RandomSharpness(a.SHARPEN_PROB, a.SHARPEN_FACTOR))
+    t = build_train_transform(config, extra_pil_steps=extras)
+    if config.DATA.SQUARE_RESIZE:
+        if a.TRAIN_RESIZE <= 0 or not isinstance(t.steps[0], ResizeShortSide) or \
+                not isinstance(t.steps[1], RandomCrop):
+            raise ConfigError("DATA.SQUARE_RESIZE needs AUG.TRAIN_RESIZE > 0 (resize, then random crop)")
+        t.steps[0] = SquareResize(a.TRAIN_RESIZE, config.DATA.INTERPOLATION)
+    return t
+
+
+def pim_eval_transform(config):
+    d = config.DATA
+    resize = SquareResize if d.SQUARE_RESIZE else ResizeShortSide
+    return Compose([resize(eval_resize_size(config), d.INTERPOLATION), CenterCrop(d.IMAGE_SIZE),
+                    ToNormalizedArray(d.MEAN, d.STD)])
+
+
+# --------------------------------------------------------------------------------------------------------- method
+def resolve_main_head(wanted, heads):
+    if wanted in ("", "auto"):
+        for name in ("combiner", "sum", "original"):
+            if name in heads:
+                return name
+    if wanted not in heads:
+        raise ConfigError(f"MODEL.PIM.MAIN_HEAD '{wanted}' is not one of this model's heads: {', '.join(heads)}")
+    return wanted
+
+
+class PIMMethod(ClassificationMethod):
+    name = "pim"
+    main_head = "combiner"
+
+    def __init__(self):
+        self.layer_names = ["layer1", "layer2", "layer3", "layer4"]
+        self.lambdas = dict(lambda_b=0.5, lambda_s=0.0, lambda_n=5.0, lambda_c=1.0)
+        self.highest = []
+
+    def get_config(self):
+        return get_config()
+
+    def build_model(self, config):
+        p = config.MODEL.PIM
+        try:
+            model = build_from_config(config)
+        except (ValueError, KeyError) as e:
+            raise ConfigError(f"PIM model: {e.args[0] if e.args else e}") from None
+        self.layer_names = list(model.layer_names)
+        self.lambdas = dict(lambda_b=p.LAMBDA_B, lambda_s=p.LAMBDA_S, lambda_n=p.LAMBDA_N, lambda_c=p.LAMBDA_C)
+        self.highest = [int(k) for k in p.HIGHEST_K] if not model.backbone_only else []
+        if any(k < 1 for k in self.highest):
+            raise ConfigError(f"MODEL.PIM.HIGHEST_K values must be >= 1, got {list(p.HIGHEST_K)}")
+        heads = model.head_names() + [f"highest-{k}" for k in self.highest]
+        self.main_head = resolve_main_head(p.MAIN_HEAD, heads)
+        return model
+
+    def train_transform(self, config):
+        return pim_train_transform(config)
+
+    def eval_transform(self, config):
+        return pim_eval_transform(config)
+
+    def loss(self, criterion, outputs, targets, model):
+        return pim_loss(outputs, targets, self.layer_names, criterion=criterion, **self.lambdas)
+
+    def eval_heads(self, outputs):
+        return head_logits(outputs, self.layer_names, self.highest)
