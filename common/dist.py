@@ -59,6 +59,15 @@ def all_reduce_max(values):
     return t.numpy()
 
 
+def all_gather_object(obj):
+    """Every rank's (picklable) `obj`, in rank order."""
+    if world_size() == 1:
+        return [obj]
+    gathered = []
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def barrier():
     if world_size() > 1:
         dist.barrier()

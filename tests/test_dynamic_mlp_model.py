@@ -135,7 +135,8 @@ def test_recipe_configs():
         c = config_from_args(args, DynamicMLPMethod().get_config())
         assert c.MODEL.NAME == name and c.MODEL.NUM_CLASSES == 10000
         assert config_uses_metadata(c) == ("dynamic" in name)
-        assert c.DATA.DATASET == "inat21_json" and c.DATA.TRAIN_JSON == "train_mini.json" and c.DATA.IMAGE_SIZE == 224
+        assert c.DATA.DATASET == "list" and c.DATA.DATA_PATH == "data/inat21_mini"   # common.prepare's output
+        assert c.DATA.TRAIN_JSON == "train_mini.json" and c.DATA.IMAGE_SIZE == 224
         t = c.TRAIN
         assert (t.EPOCHS, t.WARMUP_EPOCHS, t.BASE_LR, t.LINEAR_SCALED_LR, t.WEIGHT_DECAY) == (90, 2, 0.04, 512, 1e-4)
         assert t.OPTIMIZER.NAME == "SGD" and t.OPTIMIZER.MOMENTUM == 0.9 and not t.OPTIMIZER.NESTEROV

@@ -43,3 +43,20 @@ def test_demo_trains_every_head_and_eval_reproduces_it(demo_full, tmp_path):
     with open(inf / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert sum(r["label"] == r["prediction"] for r in rows) == metrics["correct"]
+
+
+def test_two_ranks_agree_when_one_rank_has_no_validation_images(tmp_path):
+    # One validation image on two ranks: rank 1 sees nothing yet must sum the same per-head vector as rank 0.
+    from common.demo_data import make_demo_data
+    data = make_demo_data(str(tmp_path / "data"), train_per_class=1, val_per_class=1, seed=3)
+    with open(os.path.join(data, "val_list.txt")) as f:
+        first = f.readline()
+    with open(os.path.join(data, "val_list.txt"), "w") as f:
+        f.write(first)
+    out = str(tmp_path / "eval")
+    run_cli(["sh", "run_eval_multi.sh", "-cfg", DEMO_CFG, "-data_path", data, "-output", out,
+             "-opts", "VISUALDL", "False"], NPROC=2, timeout=600)
+    metrics = read_json(os.path.join(out, "eval_metrics.json"))
+    assert metrics["count"] == 1
+    for h in HEADS:
+        assert metrics[f"{h}/correct"] in (0, 1), h

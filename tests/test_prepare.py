@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from common.data.datasets import ImageDataset, read_class_names, read_list_file
-from common.prepare import main
+from common.prepare import DATASETS, main
 from tests.helpers import REPO, env
 
 # --------------------------------------------------------------------------------------------------- helpers
@@ -704,3 +704,41 @@ def test_command_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "common.prepare", "cub", "--src", str(tmp_path / "nowhere"),
                            "--dst", dst], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "error: --src" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Each paper config reads what `python -m common.prepare <dataset> --dst data/<dataset>[_variant]` writes, with the
+# class count of that data set.
+CLASSES = {"imagenet": 1000, "cub": 200, "nabirds": 555, "inat21_mini": 10000, "inat21": 10000, "aircraft": 100,
+           "cars": 196, "dtd": 47, "caltech256": 256}
+
+
+def _method_of(cfg_dir):
+    import importlib
+    module = importlib.import_module(f"{cfg_dir}.method")
+    cls = [v for k, v in vars(module).items() if k.endswith("Method") and k != "ClassificationMethod"
+           and isinstance(v, type)]
+    return cls[0]()
+
+
+@pytest.mark.parametrize("method_dir", ["resmlp", "dynamic_mlp", "pim", "transfer"])
+def test_every_paper_config_points_at_the_prepared_layout(method_dir):
+    from common.cli import build_parser, config_from_args
+    from tests.helpers import REPO
+    folder = os.path.join(REPO, "configs", method_dir)
+    checked = 0
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("demo") or name.endswith("_recipe.yaml"):
+            continue
+        method = _method_of(method_dir)
+        args = build_parser().parse_args(["-cfg", os.path.join(folder, name)])
+        c = config_from_args(args, method.get_config())
+        path = c.DATA.DATA_PATH
+        assert path.startswith("data/") and c.DATA.DATASET == "list", (name, path, c.DATA.DATASET)
+        dataset = path[len("data/"):]
+        known = [d for d in CLASSES if dataset == d or dataset.startswith(d + "_")]
+        assert known, f"{name}: {path} is not a data set common.prepare writes"
+        prepared = max(known, key=len)
+        assert prepared in DATASETS
+        assert c.MODEL.NUM_CLASSES == CLASSES[prepared], (name, c.MODEL.NUM_CLASSES)
+        checked += 1
+    assert checked >= 3

@@ -113,7 +113,17 @@ def evaluate(model, method, loader, config, device="cpu"):
             for j, k in enumerate(ks):
                 counts[i, 2 + j] += float(hit[:, :k].sum())
         total += int(labels.shape[0])
-    if names is None:  # this rank had no samples; ask the model for its head names with an empty pass
+    if dist.world_size() > 1:
+        # A rank with no samples (val set smaller than the world) does not know the model's head names; take them
+        # from a rank that does, so every rank sums a vector of the same layout.
+        known = [n for n in dist.all_gather_object(names) if n is not None]
+        if not known:
+            names = [method.main_head]
+        elif names is None:
+            names = known[0]
+        if counts is None:
+            counts = np.zeros((len(names), width), dtype="float64")
+    elif names is None:
         names = [method.main_head]
         counts = np.zeros((1, width), dtype="float64")
     summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total]]))
