@@ -39,15 +39,17 @@ def read_checkpoint(path):
     return load_paddle_file(path)
 
 
+PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+
+
 def extract_model_state(obj, prefer_ema=False):
     """Weights from a plain state dict or from a training checkpoint ({'model': ..., 'ema': ...})."""
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        if prefer_ema and isinstance(obj.get("ema"), dict):
-            return obj["ema"]
-        return obj["model"]
+        obj = obj["ema"] if prefer_ema and isinstance(obj.get("ema"), dict) else obj["model"]
     if not isinstance(obj, dict):
         raise CheckpointMismatchError(f"expected a dict of weights, got {type(obj).__name__}")
-    return obj
+    # paddle.save(model.state_dict()) adds Paddle's own name-mapping entry, which is not a weight
+    return {k: v for k, v in obj.items() if k != PADDLE_NAME_TABLE}
 
 
 def check_state_dict(model, state, skip_keys=()):

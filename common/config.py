@@ -27,6 +27,8 @@ def get_default_config():
     _C.DATA.IMAGE_CHANNELS = 3
     _C.DATA.CROP_PCT = 0.875            # eval: resize to IMAGE_SIZE / CROP_PCT, then center crop
     _C.DATA.RESIZE_SIZE = 0             # eval: explicit resize (short side); overrides CROP_PCT when > 0
+    _C.DATA.SQUARE_RESIZE = False       # resize to a square (aspect not kept, torchvision Resize((s, s))) instead of
+                                        # the short side: train (AUG.TRAIN_RESIZE) and eval; fine-grained recipes
     _C.DATA.INTERPOLATION = "bicubic"
     _C.DATA.MEAN = [0.485, 0.456, 0.406]
     _C.DATA.STD = [0.229, 0.224, 0.225]
@@ -179,6 +181,8 @@ def check_config(config):
         errors.append(f"AMP.DTYPE '{config.AMP.DTYPE}' is not float16 or bfloat16")
     if config.TRAIN.SMOOTHING_MODE not in ("uniform", "others"):
         errors.append(f"TRAIN.SMOOTHING_MODE '{config.TRAIN.SMOOTHING_MODE}' is not uniform or others")
+    if config.DATA.SQUARE_RESIZE and config.AUG.TRAIN_RESIZE <= 0:
+        errors.append("DATA.SQUARE_RESIZE needs AUG.TRAIN_RESIZE > 0 (the square side before the training crop)")
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
 

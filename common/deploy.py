@@ -9,7 +9,21 @@ import os
 
 import numpy as np
 
-from common.data.transforms import CenterCrop, Compose, ResizeShortSide, ToNormalizedArray
+from common.data.transforms import CenterCrop, Compose, ResizeShortSide, SquareResize, ToNormalizedArray
+
+RESIZE_MODES = {"short_side": ResizeShortSide, "square": SquareResize}
+# Ops whose oneDNN kernels Paddle Inference 3.3 cannot run from a PIR graph ("ConvertPirAttribute2RuntimeAttribute not
+# support pir::ArrayAttribute<pir::DoubleAttribute>" for bilinear_interp, which PIM's FPN uses): such graphs are run
+# without the oneDNN placement pass (the plain CPU kernels; same results).
+ONEDNN_UNSUPPORTED = ("bilinear_interp",)
+
+
+def _uses_unsupported_onednn_ops(graph_path):
+    if not graph_path.endswith(".json"):
+        return False
+    with open(graph_path) as f:
+        text = f.read()
+    return any(f'"1.{op}"' in text for op in ONEDNN_UNSUPPORTED)
 
 
 class ExportedClassifier:
@@ -17,8 +31,9 @@ class ExportedClassifier:
         with open(os.path.join(export_dir, "inference.json")) as f:
             self.meta = json.load(f)
         self.class_names = self.meta["class_names"]
+        resize = RESIZE_MODES[self.meta.get("resize_mode", "short_side")]
         self.transform = Compose([
-            ResizeShortSide(self.meta["resize_size"], self.meta["interpolation"]),
+            resize(self.meta["resize_size"], self.meta["interpolation"]),
             CenterCrop(self.meta["image_size"]),
             ToNormalizedArray(self.meta["mean"], self.meta["std"]),
         ])
@@ -26,8 +41,11 @@ class ExportedClassifier:
         self.backend = backend
         if backend == "paddle":
             from paddle import inference
-            cfg = inference.Config(os.path.join(export_dir, files["graph"]), os.path.join(export_dir, files["params"]))
+            graph = os.path.join(export_dir, files["graph"])
+            cfg = inference.Config(graph, os.path.join(export_dir, files["params"]))
             cfg.disable_gpu()
+            if _uses_unsupported_onednn_ops(graph):
+                cfg.delete_pass("onednn_placement_pass")
             cfg.disable_glog_info()
             cfg.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
             self._predictor = inference.create_predictor(cfg)

@@ -28,15 +28,20 @@ class MainHead(nn.Layer):
         self.model = model
         self._method = method
 
-    def forward(self, image, *extras):
-        outputs = self._method.forward(self.model, image, list(extras))
+    def forward(self, image, extra0=None, extra1=None):
+        # named inputs (to_static cannot trace *args); a method may declare up to two extra inputs
+        extras = [e for e in (extra0, extra1) if e is not None]
+        outputs = self._method.forward(self.model, image, extras)
         return self._method.eval_heads(outputs)[self._method.main_head]
 
 
 def input_specs(method, config):
     size = config.DATA.IMAGE_SIZE
     specs = [paddle.static.InputSpec([None, config.DATA.IMAGE_CHANNELS, size, size], "float32", "image")]
-    for name, shape, dtype in method.export_inputs(config):
+    extras = method.export_inputs(config)
+    if len(extras) > 2:
+        raise ValueError(f"export supports up to two inputs besides the image, {method.name} declares {len(extras)}")
+    for name, shape, dtype in extras:
         specs.append(paddle.static.InputSpec([None] + list(shape), dtype, name))
     return specs
 
@@ -45,6 +50,7 @@ def preprocessing(config, names):
     return {
         "image_size": config.DATA.IMAGE_SIZE,
         "resize_size": eval_resize_size(config),
+        "resize_mode": "square" if config.DATA.SQUARE_RESIZE else "short_side",
         "crop_pct": config.DATA.CROP_PCT,
         "interpolation": config.DATA.INTERPOLATION,
         "mean": list(config.DATA.MEAN),

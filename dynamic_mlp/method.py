@@ -6,7 +6,7 @@ from common.data.datasets import DataError, read_list_file
 from common.method import ClassificationMethod
 from dynamic_mlp.config import get_config
 from dynamic_mlp.inat import read_inat_json
-from dynamic_mlp.metadata import MetadataEncoder
+from dynamic_mlp.metadata import MetadataEncoder, input_dim
 from dynamic_mlp.model import build_from_config, uses_metadata
 
 # a child of the data-set logger, whose handlers write to the run's log (common/logger.py)
@@ -59,6 +59,12 @@ class DynamicMLPMethod(ClassificationMethod):
 
     def meta_fn(self, config):
         return MetadataEncoder(config.MODEL.DYNAMIC_MLP.METADATA) if config_uses_metadata(config) else None
+
+    def export_inputs(self, config):
+        # the deployed model takes the encoded vector (dynamic_mlp.metadata.encode; zeros when unknown)
+        if not config_uses_metadata(config):
+            return []
+        return [("metadata", (input_dim(config.MODEL.DYNAMIC_MLP.METADATA),), "float32")]
 
     def mixup_extras(self, config):
         return True  # the reference mixes the encoded metadata with the same lambda and partner as the images

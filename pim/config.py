@@ -48,9 +48,6 @@ def get_config():
     c.MODEL.PIM.EFFICIENTNET.WIDTH_MULT = -1.0
     c.MODEL.PIM.EFFICIENTNET.DEPTH_MULT = -1.0
 
-    # data: the reference squashes every image to a square (Resize((510, 510))) before cropping; False resizes the
-    # short side (aspect kept) like the rest of the suite
-    c.DATA.SQUARE_RESIZE = False
     # PIM's own train-time extras (after flip): Gaussian blur and sharpening, each with its probability
     c.AUG.BLUR_PROB = 0.1
     c.AUG.BLUR_KERNEL = 5

@@ -119,7 +119,7 @@ def main(argv=None):
     from common.config import ConfigError
     from common.data.datasets import DataError, load_rgb
     from common.inference import add_model_flags, class_names_for, load_model
-    from pim.method import PIMMethod, pim_eval_transform
+    from pim.method import PIMMethod
 
     p = add_model_flags(argparse.ArgumentParser(description="PIM: class heat map of one image (PNG)"))
     p.add_argument("-image", required=True, help="the image")
@@ -136,7 +136,7 @@ def main(argv=None):
         config, model = load_model(method, args)
         names = class_names_for(config, args.data_path)
         head = args.head or method.main_head
-        transform = pim_eval_transform(config)
+        transform = method.eval_transform(config)
         img = load_rgb(args.image)
         x = paddle.to_tensor(transform(img)[None])
         shown = img

@@ -5,8 +5,7 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from common.config import ConfigError
-from common.data.transforms import (CenterCrop, Compose, RandomCrop, ResizeShortSide, ToNormalizedArray,
-                                    build_train_transform, eval_resize_size, pil_interpolation)
+from common.data.transforms import build_train_transform
 from common.method import ClassificationMethod
 from pim.config import get_config
 from pim.model import build_from_config
@@ -14,17 +13,6 @@ from pim.pim_module import head_logits, pim_loss
 
 
 # ----------------------------------------------------------------------------------------------------- transforms
-class SquareResize:
-    """Resize to size x size, aspect ratio not kept (the reference's Resize((510, 510)))."""
-
-    def __init__(self, size, interpolation="bilinear"):
-        self.size = size
-        self.interpolation = pil_interpolation(interpolation)
-
-    def __call__(self, img):
-        return img.resize((self.size, self.size), self.interpolation)
-
-
 def gaussian_kernel_1d(kernel, sigma):
     x = np.arange(kernel, dtype=np.float64) - (kernel - 1) / 2.0
     k = np.exp(-0.5 * (x / sigma) ** 2)
@@ -69,20 +57,7 @@ def pim_train_transform(config):
         extras.append(RandomGaussianBlur(a.BLUR_PROB, a.BLUR_KERNEL, a.BLUR_SIGMA))
     if a.SHARPEN_PROB > 0:
         extras.append(RandomSharpness(a.SHARPEN_PROB, a.SHARPEN_FACTOR))
-    t = build_train_transform(config, extra_pil_steps=extras)
-    if config.DATA.SQUARE_RESIZE:
-        if a.TRAIN_RESIZE <= 0 or not isinstance(t.steps[0], ResizeShortSide) or \
-                not isinstance(t.steps[1], RandomCrop):
-            raise ConfigError("DATA.SQUARE_RESIZE needs AUG.TRAIN_RESIZE > 0 (resize, then random crop)")
-        t.steps[0] = SquareResize(a.TRAIN_RESIZE, config.DATA.INTERPOLATION)
-    return t
-
-
-def pim_eval_transform(config):
-    d = config.DATA
-    resize = SquareResize if d.SQUARE_RESIZE else ResizeShortSide
-    return Compose([resize(eval_resize_size(config), d.INTERPOLATION), CenterCrop(d.IMAGE_SIZE),
-                    ToNormalizedArray(d.MEAN, d.STD)])
+    return build_train_transform(config, extra_pil_steps=extras)
 
 
 # --------------------------------------------------------------------------------------------------------- method
@@ -125,9 +100,6 @@ class PIMMethod(ClassificationMethod):
 
     def train_transform(self, config):
         return pim_train_transform(config)
-
-    def eval_transform(self, config):
-        return pim_eval_transform(config)
 
     def loss(self, criterion, outputs, targets, model):
         return pim_loss(outputs, targets, self.layer_names, criterion=criterion, **self.lambdas)

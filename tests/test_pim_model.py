@@ -16,7 +16,8 @@ import paddle.nn.functional as F  # noqa: E402
 
 from common.cli import build_parser, config_from_args  # noqa: E402
 from common.config import ConfigError  # noqa: E402
-from pim.method import PIMMethod, RandomGaussianBlur, SquareResize, gaussian_blur  # noqa: E402
+from common.data.transforms import SquareResize  # noqa: E402
+from pim.method import PIMMethod, RandomGaussianBlur, gaussian_blur  # noqa: E402
 from pim.model import build_pim, create_backbone  # noqa: E402
 from pim.pim_module import (gather_tokens, head_logits, highest_k, pim_loss, select_tokens,  # noqa: E402
                             sum_of_softmax)

@@ -11,7 +11,8 @@ from common.cli import build_parser, config_from_args
 from common.config import ConfigError
 from tests.helpers import REPO
 from transfer.config import NORM_STATS, get_config
-from transfer.transforms import PaddedRandomCrop, ResizeSquare, eval_transform, train_transform
+from common.data.transforms import SquareResize
+from transfer.transforms import PaddedRandomCrop, eval_transform, train_transform
 
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "transfer", "*.yaml")))
 
@@ -32,7 +33,7 @@ def test_every_config_loads(path):
         assert cfg.DATA.DATA_PATH.startswith("data/") and cfg.MODEL.NUM_CLASSES in (100, 196, 47, 256)
     if name.startswith("resnet50_") and "recipe" not in name:
         assert cfg.MODEL.NAME == "resnet50" and cfg.TRAIN.EPOCHS == 128 and cfg.TRAIN.LINEAR_SCALED_LR == 256
-        assert cfg.TRANSFER.SQUARE_RESIZE and cfg.TRAIN.SMOOTHING_MODE == "others"
+        assert cfg.DATA.SQUARE_RESIZE and cfg.TRAIN.SMOOTHING_MODE == "others"
 
 
 def test_norm_stats_by_name():
@@ -54,7 +55,7 @@ def test_norm_stats_by_name():
 
 def test_square_resize_and_padded_crop():
     wide = Image.fromarray(np.tile(np.linspace(0, 255, 60, dtype="uint8"), (20, 1))).convert("RGB")   # 60 x 20
-    assert ResizeSquare(32)(wide).size == (32, 32)
+    assert SquareResize(32)(wide).size == (32, 32)
     white = Image.new("RGB", (16, 16), (255, 255, 255))
     crops = [np.asarray(PaddedRandomCrop(16, padding=4)(white)) for _ in range(50)]
     assert all(c.shape == (16, 16, 3) for c in crops)
@@ -62,9 +63,9 @@ def test_square_resize_and_padded_crop():
     cfg = load(os.path.join(REPO, "configs", "transfer", "resnet50_cub.yaml"), "DATA.IMAGE_SIZE", "56",
                "AUG.TRAIN_RESIZE", "64", "DATA.RESIZE_SIZE", "64")
     steps = [type(s).__name__ for s in train_transform(cfg).steps]
-    assert steps[:3] == ["ResizeSquare", "PaddedRandomCrop", "RandomHorizontalFlip"]
+    assert steps[:3] == ["SquareResize", "PaddedRandomCrop", "RandomHorizontalFlip"]
     ev = eval_transform(cfg)
-    assert [type(s).__name__ for s in ev.steps][:2] == ["ResizeSquare", "CenterCrop"]
+    assert [type(s).__name__ for s in ev.steps][:2] == ["SquareResize", "CenterCrop"]
     assert ev(wide).shape == (3, 56, 56)
     # the aspect ratio is not kept: the horizontal ramp spans the whole crop
     row = ev(wide)[0, 28]
@@ -75,7 +76,7 @@ def test_square_resize_and_padded_crop():
     (["TRANSFER.NUM_LOWLRS", "4"], "needs TRANSFER.LRS with 3 values"),
     (["TRANSFER.LRS", "[0.1, 0.01, 0.001]"], "NUM_LOWLRS is -1"),
     (["TRANSFER.L2SP.MODE", "l1"], "is not 'paper' or 'reference'"),
-    (["TRANSFER.SQUARE_RESIZE", "True"], "needs AUG.TRAIN_RESIZE > 0"),
+    (["DATA.SQUARE_RESIZE", "True"], "needs AUG.TRAIN_RESIZE > 0"),
 ])
 def test_inconsistent_knobs_are_named(opts, message):
     from transfer.method import TransferMethod

@@ -7,8 +7,6 @@ TRANSFER.LRS            [classifier, upper blocks, lower blocks] learning rates,
                         LRS[i] / TRAIN.BASE_LR); required with NUM_LOWLRS >= 0
 TRANSFER.L2SP.*         ENABLE, MODE ('paper' | 'reference'), ALPHA (pretrained -> w0), ALPHA_HIGH (upper group,
                         -1: ALPHA), BETA (new layers -> 0); see transfer/l2sp.py
-TRANSFER.SQUARE_RESIZE  resize to a square (aspect not kept) before cropping, train (AUG.TRAIN_RESIZE) and eval
-                        (DATA.RESIZE_SIZE), like torchvision Resize((s, s)); False: short side
 TRANSFER.CROP_PADDING   zero padding around the image before the training random crop (torchvision padding=)
 DATA.NORM_STATS         named mean/std ('imagenet', 'inception', 'aircraft', 'dtd', 'cars'); '' uses DATA.MEAN/STD.
                         Resolved when the config is frozen: DATA.MEAN / DATA.STD then hold the named values, so every
@@ -58,7 +56,6 @@ def get_config():
     c.TRANSFER.NEW_LAYERS = 1
     c.TRANSFER.NUM_LOWLRS = -1
     c.TRANSFER.LRS = []
-    c.TRANSFER.SQUARE_RESIZE = False
     c.TRANSFER.CROP_PADDING = 0
     c.TRANSFER.L2SP = CN()
     c.TRANSFER.L2SP.ENABLE = False
@@ -107,8 +104,6 @@ def check_transfer_config(config):
         errors.append(f"TRANSFER.L2SP.MODE '{t.L2SP.MODE}' is not 'paper' or 'reference'")
     if t.CROP_PADDING < 0:
         errors.append("TRANSFER.CROP_PADDING must be >= 0")
-    if t.SQUARE_RESIZE and config.AUG.TRAIN_RESIZE <= 0:
-        errors.append("TRANSFER.SQUARE_RESIZE needs AUG.TRAIN_RESIZE > 0 (the square side before the crop)")
     if t.CROP_PADDING and config.AUG.TRAIN_RESIZE <= 0:
         errors.append("TRANSFER.CROP_PADDING applies to the resize + random crop pipeline (AUG.TRAIN_RESIZE > 0)")
     norm_stats(config)

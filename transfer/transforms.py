@@ -1,23 +1,12 @@
 """Train / eval transforms of the transfer recipes: the common pipelines with the method's normalisation statistics,
-and optionally the fine-grained baseline's square resize (aspect not kept) and zero-padded random crop."""
+and optionally the fine-grained baseline's zero-padded random crop (its square resize is the common
+DATA.SQUARE_RESIZE)."""
 import random
 
 from PIL import Image
 
-from common.data.transforms import (CenterCrop, RandomCrop, ResizeShortSide, build_eval_transform,
-                                    build_train_transform, eval_resize_size, pil_interpolation)
+from common.data.transforms import RandomCrop, build_eval_transform, build_train_transform
 from transfer.config import with_norm_stats
-
-
-class ResizeSquare:
-    """Resize to size x size whatever the aspect ratio (torchvision `Resize((size, size))`)."""
-
-    def __init__(self, size, interpolation="bilinear"):
-        self.size = size
-        self.interpolation = pil_interpolation(interpolation)
-
-    def __call__(self, img):
-        return img.resize((self.size, self.size), self.interpolation)
 
 
 class PaddedRandomCrop:
@@ -51,8 +40,6 @@ def train_transform(config):
     cfg = with_norm_stats(config)
     t = build_train_transform(cfg)
     if cfg.AUG.TRAIN_RESIZE > 0:
-        if cfg.TRANSFER.SQUARE_RESIZE:
-            _replace(t.steps, 0, ResizeShortSide, ResizeSquare(cfg.AUG.TRAIN_RESIZE, cfg.DATA.INTERPOLATION))
         if cfg.TRANSFER.CROP_PADDING > 0:
             _replace(t.steps, 1, RandomCrop, PaddedRandomCrop(cfg.DATA.IMAGE_SIZE, cfg.TRANSFER.CROP_PADDING))
     return t
@@ -60,8 +47,4 @@ def train_transform(config):
 
 def eval_transform(config):
     cfg = with_norm_stats(config)
-    t = build_eval_transform(cfg)
-    if cfg.TRANSFER.SQUARE_RESIZE:
-        _replace(t.steps, 0, ResizeShortSide, ResizeSquare(eval_resize_size(cfg), cfg.DATA.INTERPOLATION))
-        _replace(t.steps, 1, CenterCrop, CenterCrop(cfg.DATA.IMAGE_SIZE))
-    return t
+    return build_eval_transform(cfg)

@@ -29,6 +29,23 @@ class ToNormalizedArray:
         return (arr - self.mean) / self.std
 
 
+class SquareResize:
+    """Resize to size x size whatever the aspect ratio (torchvision `Resize((size, size))`)."""
+
+    def __init__(self, size, interpolation="bilinear"):
+        self.size = size
+        self.interpolation = pil_interpolation(interpolation)
+
+    def __call__(self, img):
+        return img.resize((self.size, self.size), self.interpolation)
+
+
+def resize_step(config, size):
+    """The resize before a crop: the short side to `size`, or a size x size square with DATA.SQUARE_RESIZE."""
+    kind = SquareResize if config.DATA.SQUARE_RESIZE else ResizeShortSide
+    return kind(size, config.DATA.INTERPOLATION)
+
+
 class RandomResizedCrop:
     """Inception-style crop: area fraction in `scale`, log-uniform aspect ratio in `ratio`, then resize."""
 
@@ -127,9 +144,10 @@ def eval_resize_size(config):
 
 
 def build_eval_transform(config):
-    """Resize the short side to IMAGE_SIZE / CROP_PCT (or RESIZE_SIZE), center crop IMAGE_SIZE, normalise."""
+    """Resize the short side (or the whole image, DATA.SQUARE_RESIZE) to IMAGE_SIZE / CROP_PCT (or RESIZE_SIZE),
+    center crop IMAGE_SIZE, normalise."""
     return Compose([
-        ResizeShortSide(eval_resize_size(config), config.DATA.INTERPOLATION),
+        resize_step(config, eval_resize_size(config)),
         CenterCrop(config.DATA.IMAGE_SIZE),
         ToNormalizedArray(config.DATA.MEAN, config.DATA.STD),
     ])
@@ -142,7 +160,7 @@ def build_train_transform(config, extra_pil_steps=()):
     """
     aug, size = config.AUG, config.DATA.IMAGE_SIZE
     if aug.TRAIN_RESIZE > 0:
-        crop = [ResizeShortSide(aug.TRAIN_RESIZE, config.DATA.INTERPOLATION), RandomCrop(size)]
+        crop = [resize_step(config, aug.TRAIN_RESIZE), RandomCrop(size)]
     else:
         crop = [RandomResizedCrop(size, tuple(aug.SCALE), tuple(aug.RATIO), config.DATA.INTERPOLATION)]
     policy = None

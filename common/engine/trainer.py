@@ -9,8 +9,8 @@ import numpy as np
 import paddle
 
 from common import dist
-from common.checkpoint import (CheckpointMismatchError, atomic_save, read_checkpoint, rng_state, set_rng_state,
-                               to_tensors)
+from common.checkpoint import (PADDLE_NAME_TABLE, CheckpointMismatchError, atomic_save, read_checkpoint, rng_state,
+                               set_rng_state, to_tensors)
 from common.data.datasets import (DataError, ImageDataset, check_files_exist, read_class_names, read_list_file,
                                   scan_class_folders)
 from common.data.samplers import EvalBatchSampler, TrainBatchSampler
@@ -160,7 +160,7 @@ def _rename_opt_state(state, mapping):
     for key, value in state.items():
         if key == "master_weights" and isinstance(value, dict):
             out[key] = {rename(k): v for k, v in value.items()}
-        elif key == "StructuredToParameterName@@":
+        elif key == PADDLE_NAME_TABLE:
             continue
         else:
             out[rename(key)] = value
