@@ -32,6 +32,8 @@ def build_parser(description="train or evaluate a model"):
     p.add_argument("-resume", type=str, default=None,
                    help="training checkpoint to continue from, or 'auto' for <output>/last.pdparams if present")
     p.add_argument("-eval", action="store_true", help="evaluate only")
+    p.add_argument("-predictor", action="store_true",
+                   help="with -eval: run the exported model in Paddle Inference (faster; main head only)")
     p.add_argument("-amp", action="store_true", help="automatic mixed precision (AMP.* keys for dtype/level)")
     p.add_argument("-opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="override any config key, e.g. -opts TRAIN.EPOCHS 10 TRAIN.BASE_LR 0.01")
@@ -52,6 +54,8 @@ def config_from_args(args, config):
         opts += ["EVAL.ONLY", "True"]
     if args.amp:
         opts += ["AMP.ENABLE", "True"]
+    if getattr(args, "predictor", False):
+        opts += ["EVAL.PREDICTOR", "True"]
     if len(args.opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got {len(args.opts)} items: {' '.join(args.opts)}")
     merge_opts(config, opts + list(args.opts))

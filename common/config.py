@@ -103,6 +103,8 @@ def get_default_config():
     _C.EVAL.ONLY = False
     _C.EVAL.FREQ = 1                    # epochs between evaluations
     _C.EVAL.TOPK = [5]                  # top-k accuracies reported besides top-1 (k capped at the class count)
+    _C.EVAL.PREDICTOR = False           # -eval through the exported model in Paddle Inference (the fast path; main
+                                        # head only); False: the dygraph model
 
     _C.SAVE = CN()
     _C.SAVE.OUTPUT = "./output"

@@ -27,7 +27,7 @@ def _uses_unsupported_onednn_ops(graph_path):
 
 
 class ExportedClassifier:
-    def __init__(self, export_dir, backend="paddle", threads=None):
+    def __init__(self, export_dir, backend="paddle", threads=None, gpu_id=None):
         with open(os.path.join(export_dir, "inference.json")) as f:
             self.meta = json.load(f)
         self.class_names = self.meta["class_names"]
@@ -43,7 +43,10 @@ class ExportedClassifier:
             from paddle import inference
             graph = os.path.join(export_dir, files["graph"])
             cfg = inference.Config(graph, os.path.join(export_dir, files["params"]))
-            cfg.disable_gpu()
+            if gpu_id is None:
+                cfg.disable_gpu()
+            else:
+                cfg.enable_use_gpu(256, gpu_id)
             if _uses_unsupported_onednn_ops(graph):
                 cfg.delete_pass("onednn_placement_pass")
             cfg.disable_glog_info()

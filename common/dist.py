@@ -32,6 +32,24 @@ def setup_device():
     return device
 
 
+def cpu_threads():
+    """Math threads for one CPU process: OMP_NUM_THREADS when set (the launcher sets cores / processes), else the
+    cores this process may use divided by the processes on this node."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = int(os.environ.get("PADDLE_LOCAL_SIZE", os.environ.get("PADDLE_TRAINERS_NUM", "1")) or 1)
+    return max(1, cores // max(1, local))
+
+
+def set_cpu_threads():
+    """Paddle's CPU kernels use one thread unless told; give this process its share of the cores."""
+    n = cpu_threads()
+    paddle.base.core.set_num_threads(n)
+    return n
+
+
 def init():
     """Join the process group when launched with more than one process."""
     global _initialised

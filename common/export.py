@@ -82,6 +82,24 @@ def export_model(method, config, model, out_dir, names=None, onnx=False, opset=1
     return meta
 
 
+def predictor_heads(method, config, model, device="cpu"):
+    """`heads_fn` for `evaluate`: the model exported to a temporary folder and run by Paddle Inference (the fast
+    path); returns {main head: logits}."""
+    import tempfile
+
+    from common import dist
+    from common.deploy import ExportedClassifier
+    folder = tempfile.mkdtemp(prefix="eval_predictor_")
+    export_model(method, config, model, folder)
+    gpu_id = int(device.split(":")[1]) if device.startswith("gpu:") else (0 if device == "gpu" else None)
+    clf = ExportedClassifier(folder, threads=dist.cpu_threads(), gpu_id=gpu_id)
+
+    def heads_fn(images, extras):
+        logits = clf.run(images.numpy(), *[e.numpy() for e in extras])
+        return {method.main_head: paddle.to_tensor(logits)}
+    return heads_fn
+
+
 def export_onnx(graph, params, dst, opset=13):
     try:
         import paddle2onnx

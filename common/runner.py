@@ -36,6 +36,7 @@ def run(method, argv=None):
     args = build_parser(f"{method.name}: train or evaluate").parse_args(argv)
     config = config_from_args(args, method.get_config())
     device = dist.setup_device()
+    threads = dist.set_cpu_threads() if device == "cpu" else None
     dist.init()
     rank = dist.rank()
     out_dir = config.SAVE.OUTPUT
@@ -43,8 +44,8 @@ def run(method, argv=None):
     logger = setup_logger(out_dir, rank)
     if rank == 0:
         save_config(config, os.path.join(out_dir, "config_eval.yaml" if config.EVAL.ONLY else "config.yaml"))
-    logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {device}, "
-                f"{dist.world_size()} process(es); output in {out_dir}")
+    logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {device}"
+                f"{f' ({threads} threads)' if threads else ''}, {dist.world_size()} process(es); output in {out_dir}")
     # the same initial weights on every rank; per-rank randomness is re-derived each epoch
     seed_everything(config.SEED)
     model = method.build_model(config)
@@ -55,7 +56,12 @@ def run(method, argv=None):
 
     if config.EVAL.ONLY:
         _, val_set = build_datasets(config, method, train=False, val=True)
-        metrics = evaluate(model, method, build_eval_loader(config, val_set), config, device)
+        heads_fn = None
+        if config.EVAL.PREDICTOR:
+            from common.export import predictor_heads
+            heads_fn = predictor_heads(method, config, model, device)
+            logger.info(f"evaluating through the exported model in Paddle Inference (head '{method.main_head}')")
+        metrics = evaluate(model, method, build_eval_loader(config, val_set), config, device, heads_fn)
         logger.info(Trainer._format_metrics(f"eval on {metrics['count']} images", metrics))
         if rank == 0:
             with open(os.path.join(out_dir, "eval_metrics.json"), "w") as f:

@@ -55,6 +55,14 @@ def test_predict_agrees_with_eval(case, small_demo, tmp_path):
     run_cli(script(folder, "main_multi_gpu") + ["-cfg", cfg, "-data_path", small_demo, "-output", ev, "-eval",
                                                 "-pretrained", ckpt, "-opts", *opts])
     metrics = read_json(os.path.join(ev, "eval_metrics.json"))
+    # the fast path: the same evaluation through the exported model in Paddle Inference
+    fast = str(tmp_path / "eval_predictor")
+    proc = run_cli(script(folder, "main_multi_gpu") + ["-cfg", cfg, "-data_path", small_demo, "-output", fast,
+                                                       "-eval", "-predictor", "-pretrained", ckpt, "-opts", *opts])
+    assert "through the exported model in Paddle Inference" in proc.stdout + proc.stderr
+    fast_metrics = read_json(os.path.join(fast, "eval_metrics.json"))
+    assert fast_metrics["count"] == metrics["count"] and fast_metrics["correct"] == metrics["correct"]
+    assert abs(fast_metrics["loss"] - metrics["loss"]) <= 1e-5 * max(1.0, abs(metrics["loss"]))
     out_csv = str(tmp_path / "pred.csv")
     run_cli(script(folder, "predict") + ["-cfg", cfg, "-pretrained", ckpt, "-data_path", small_demo, "-image",
                                          os.path.join(small_demo, "val_list.txt"), "-csv", out_csv,

@@ -88,8 +88,9 @@ def amp_context(config, device):
 
 
 @paddle.no_grad()
-def evaluate(model, method, loader, config, device="cpu"):
-    """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size."""
+def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
+    """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size.
+    `heads_fn(images, extras) -> {head: logits}` replaces the dygraph forward (e.g. an exported predictor)."""
     model.eval()
     num_classes = config.MODEL.NUM_CLASSES
     ks = sorted({min(int(k), num_classes) for k in config.EVAL.TOPK}) or [min(5, num_classes)]
@@ -98,9 +99,12 @@ def evaluate(model, method, loader, config, device="cpu"):
     total = 0
     for batch in loader:
         images, labels, extras = split_batch(batch)
-        with amp_context(config, device):
-            outputs = method.forward(model, images, extras)
-        heads = method.eval_heads(outputs)
+        if heads_fn is not None:
+            heads = heads_fn(images, extras)
+        else:
+            with amp_context(config, device):
+                outputs = method.forward(model, images, extras)
+            heads = method.eval_heads(outputs)
         if names is None:
             names = list(heads)
             counts = np.zeros((len(names), width), dtype="float64")
