@@ -2,6 +2,11 @@
 
     python -m bench            # every architecture, 3 interleaved rounds
     python -m bench --quick    # ResMLP-12 and ResNet-50, 1 round (a few minutes on 2 CPU cores)
+    python -m bench --knobs    # each Paddle knob (threads, oneDNN, to_static, AMP bf16, predictor oneDNN) vs default
+
+The PyTorch column is timm / torchvision, or the official code for Dynamic MLP (DYNAMIC_MLP_REF=checkout of
+ylingfeng/DynamicMLP) and PIM (PIM_REF=checkout of chou141253/FGVC-PIM); without them those cells read n/a.
+Engine overhead: the suite's Trainer against a bare loop on the same model and in-memory data (ResMLP-12, ResNet-50).
 
 Each figure is measured in a fresh process (peak RSS is that process's), after warm-up iterations; rounds alternate
 Paddle and PyTorch so that both see the same machine state. Reported: median images/s and the spread (min-max) over
@@ -17,15 +22,18 @@ import sys
 import tempfile
 import time
 
-from bench.archs import ARCHS, QUICK, REPO
+from bench.archs import ARCHS, ENGINE_ARCHS, QUICK, REPO
 
 MODES = ("train", "eval", "predictor")
 
 
-def measure(arch, framework, mode, args):
+def measure(arch, framework, mode, args, knobs=(), threads=None):
+    threads = threads or args.threads
     cmd = [sys.executable, "-m", "bench.worker", arch, framework, mode, "--batch", str(args.batch),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(args.threads))
+           "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(threads)]
+    if knobs:
+        cmd += ["--knobs", *knobs]
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -78,6 +86,31 @@ def fmt(med, spread):
     return f"{med:.2f} ({spread[0]:.2f}-{spread[1]:.2f})"
 
 
+def median_ips(res):
+    return None if "error" in res else statistics.median(res["images_per_s"])
+
+
+def knob_study(args):
+    """Each Paddle knob against the default on the same architecture, training and predictor."""
+    archs = args.archs or ["resnet50", "resmlp_12"]
+    trials = [("train", (), None, "default (threads = cores)"), ("train", (), 1, "1 thread (Paddle's default)"),
+              ("train", ("onednn",), None, "oneDNN in dygraph"), ("train", ("to_static",), None, "to_static"),
+              ("train", ("amp_bf16",), None, "AMP bf16 O1"), ("predictor", (), None, "predictor (oneDNN)"),
+              ("predictor", ("no_onednn",), None, "predictor without oneDNN")]
+    rows = []
+    for arch in archs:
+        base = {}
+        for mode, knobs, threads, label in trials:
+            res = measure(arch, "paddle", mode, args, knobs, threads)
+            ips = median_ips(res)
+            base.setdefault(mode, ips)
+            ratio = f"{ips / base[mode]:.2f}x" if ips and base[mode] else "n/a"
+            rows.append(f"| {arch} | {mode} | {label} | {fmt(ips, (ips, ips)) if ips else res['error']} | {ratio} |")
+            print(rows[-1], file=sys.stderr, flush=True)
+    print("\n| arch | mode | knob | img/s | vs default |\n|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -88,32 +121,42 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--timeout", type=int, default=1800)
+    p.add_argument("--knobs", action="store_true", help="measure each Paddle knob against the default instead")
+    p.add_argument("--no-engine", action="store_true", help="skip the engine vs bare-loop overhead measurement")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     args = p.parse_args(argv)
+    args.iters = args.iters or (3 if args.quick else 5)
+    if args.knobs:
+        return knob_study(args)
     archs = args.archs or (QUICK if args.quick else list(ARCHS))
     rounds = args.rounds or (1 if args.quick else 3)
-    args.iters = args.iters or (3 if args.quick else 5)
 
     results = {}
+    engine_archs = [] if args.no_engine else [a for a in archs if a in ENGINE_ARCHS]
     for r in range(rounds):
         for arch in archs:
-            for mode in MODES:
-                for framework in (("paddle", "torch") if r % 2 == 0 else ("torch", "paddle")):
-                    if framework == "torch" and mode == "predictor":
-                        continue  # PyTorch's deployment path here is its eager eval, measured as 'eval'
-                    res = measure(arch, framework, mode, args)
-                    results.setdefault((arch, mode, framework), []).append(res)
-                    print(f"round {r + 1} {arch} {mode} {framework}: "
-                          f"{res.get('error') or '%.2f img/s' % statistics.median(res['images_per_s'])}",
-                          file=sys.stderr, flush=True)
+            jobs = [(m, fw) for m in MODES for fw in ("paddle", "torch") if not (fw == "torch" and m == "predictor")]
+            if arch in engine_archs:
+                jobs += [("engine", "paddle"), ("bare", "paddle")]
+            if r % 2:  # alternate the order so that both frameworks see the same machine state
+                jobs = jobs[::-1]
+            for mode, framework in jobs:
+                res = measure(arch, framework, mode, args)
+                results.setdefault((arch, mode, framework), []).append(res)
+                print(f"round {r + 1} {arch} {mode} {framework}: "
+                      f"{res.get('error') or '%.2f img/s' % median_ips(res)}", file=sys.stderr, flush=True)
 
     def ips(arch, mode, fw):
         runs = [x for x in results.get((arch, mode, fw), []) if "error" not in x]
-        return summarise([statistics.median(x["images_per_s"]) for x in runs])
+        return summarise([median_ips(x) for x in runs])
 
     def mem(arch, mode, fw):
         runs = [x for x in results.get((arch, mode, fw), []) if "error" not in x]
         return max((x["peak_rss_mb"] for x in runs), default=None)
+
+    def why(arch, fw):
+        errs = [x["error"] for m in ("train", "eval") for x in results.get((arch, m, fw), []) if "error" in x]
+        return errs[0] if errs else ""
 
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; batch {args.batch}, "
           f"{args.threads} threads, {rounds} round(s), {args.iters} timed iterations after {args.warmup} warm-up")
@@ -121,6 +164,7 @@ def main(argv=None):
             "predictor img/s paddle | ratio vs torch eval | peak MB train paddle / torch |")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
+    missing = {}
     for arch in archs:
         row = [arch, ARCHS[arch]["reference"]]
         for mode in ("train", "eval"):
@@ -133,9 +177,22 @@ def main(argv=None):
         mp, mt = mem(arch, "train", "paddle"), mem(arch, "train", "torch")
         row.append(f"{mp:.0f} / {mt:.0f}" if mp and mt else "n/a")
         print("| " + " | ".join(row) + " |")
+        if why(arch, "torch"):
+            missing[arch] = why(arch, "torch")
+    for arch, reason in missing.items():
+        print(f"  {arch}: no PyTorch figure: {reason}")
+    if engine_archs:
+        print("\n| arch | engine img/s (Trainer) | bare loop img/s | engine overhead |\n|---|---|---|---|")
+        for arch in engine_archs:
+            em, es = ips(arch, "engine", "paddle")
+            bm, bs = ips(arch, "bare", "paddle")
+            over = f"{100.0 * (bm / em - 1):+.1f}%" if em and bm else "n/a"
+            print(f"| {arch} | {fmt(em, es)} | {fmt(bm, bs)} | {over} |")
     single, pooled, workers = data_pipeline(args)
-    train_r50, _ = ips("resnet50", "train", "paddle") if "resnet50" in archs else (None, None)
-    consumption = f"; ResNet-50 training consumes {train_r50:.2f} img/s -> {pooled / train_r50:.1f}x" if train_r50 else ""
+    trains = {a: ips(a, "train", "paddle")[0] for a in archs if ips(a, "train", "paddle")[0]}
+    fastest = max(trains.items(), key=lambda kv: kv[1]) if trains else None
+    consumption = (f"; the fastest-training architecture ({fastest[0]}) consumes {fastest[1]:.2f} img/s -> "
+                   f"{pooled / fastest[1]:.1f}x" if fastest else "")
     print(f"\ndata pipeline (decode 500x375 JPEG + RandomResizedCrop 224, flip, RandAugment, erasing): "
           f"{single:.1f} img/s in one process, {pooled:.1f} img/s with {workers} workers{consumption}")
     if args.json:

@@ -2,7 +2,8 @@
 
 python -m bench.worker ARCH FRAMEWORK MODE --batch 16 --iters 5 --warmup 2 --threads N
 MODE: train (forward + backward + SGD step), eval (no-grad forward), predictor (Paddle: the exported model in
-paddle.inference; PyTorch: eval mode again, its eager path being its deployment default here).
+paddle.inference; PyTorch: eval mode again, its eager path being its deployment default here), engine / bare (Paddle
+only: the suite's Trainer vs a bare training loop on the same model and in-memory data).
 """
 import argparse
 import json
@@ -15,6 +16,14 @@ import time
 import numpy as np
 
 from bench.archs import ARCHS
+
+# Paddle knobs the benchmark can switch on (python -m bench --knobs measures each against the default)
+KNOBS = {
+    "onednn": "dygraph with oneDNN kernels (FLAGS_use_mkldnn)",
+    "to_static": "training step through paddle.jit.to_static (dynamic-to-static graph)",
+    "amp_bf16": "AMP bfloat16 O1 autocast",
+    "no_onednn": "predictor without oneDNN (plain CPU kernels)",
+}
 
 
 def _outputs(out):
@@ -36,21 +45,40 @@ def _timed(step, iters, warmup):
     return times
 
 
-def run_paddle(arch, mode, batch, iters, warmup, threads):
+def _apply_paddle_knobs(knobs):
+    import paddle
+    if "onednn" in knobs:
+        paddle.set_flags({"FLAGS_use_mkldnn": True})
+
+
+def _paddle_inputs(spec, batch):
+    import paddle
+    size = spec["size"]
+    x = paddle.to_tensor(np.random.rand(batch, 3, size, size).astype("float32"))
+    extras = [paddle.to_tensor(e) for e in spec.get("extras", lambda b: [])(batch)]
+    return x, extras
+
+
+def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
     import paddle
     from paddle.base import core
     core.set_num_threads(threads)
     paddle.set_device("cpu")
+    _apply_paddle_knobs(knobs)
     spec = ARCHS[arch]
     size = spec["size"]
     model = spec["paddle"](1000)
-    x = paddle.to_tensor(np.random.rand(batch, 3, size, size).astype("float32"))
+    x, extras = _paddle_inputs(spec, batch)
     if mode == "train":
         model.train()
         opt = paddle.optimizer.Momentum(learning_rate=1e-4, momentum=0.9, parameters=model.parameters())
+        forward = paddle.jit.to_static(model, full_graph=False) if "to_static" in knobs else model
+        amp = "amp_bf16" in knobs
 
         def step():
-            loss = sum(o.astype("float32").mean() for o in _outputs(model(x)))
+            with paddle.amp.auto_cast(enable=amp, dtype="bfloat16", level="O1"):
+                outs = _outputs(forward(x, *extras))
+            loss = sum(o.astype("float32").mean() for o in outs)
             loss.backward()
             opt.step()
             opt.clear_grad()
@@ -59,47 +87,127 @@ def run_paddle(arch, mode, batch, iters, warmup, threads):
 
         def step():
             with paddle.no_grad():
-                _outputs(model(x))[0].numpy()
+                _outputs(model(x, *extras))[0].numpy()
     else:
-        from paddle import inference
+        from common.deploy import create_predictor
         model.eval()
         folder = tempfile.mkdtemp(prefix="bench_export_")
-        static = paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, 3, size, size], "float32")],
-                                      full_graph=True)
+        specs = [paddle.static.InputSpec([None, 3, size, size], "float32")]
+        specs += [paddle.static.InputSpec([None] + list(shape), "float32") for shape in spec.get("extra_shapes", [])]
+        static = paddle.jit.to_static(model, input_spec=specs, full_graph=True)
         paddle.jit.save(static, os.path.join(folder, "model"))
         graph = os.path.join(folder, "model.json")
-        cfg = inference.Config(graph if os.path.exists(graph) else os.path.join(folder, "model.pdmodel"),
-                               os.path.join(folder, "model.pdiparams"))
-        cfg.disable_gpu()
-        cfg.disable_glog_info()
-        cfg.set_cpu_math_library_num_threads(threads)
-        cfg.enable_mkldnn()
-        predictor = inference.create_predictor(cfg)
-        handle = predictor.get_input_handle(predictor.get_input_names()[0])
+        predictor = create_predictor(graph if os.path.exists(graph) else os.path.join(folder, "model.pdmodel"),
+                                     os.path.join(folder, "model.pdiparams"), threads,
+                                     onednn="no_onednn" not in knobs)
+        arrays = [x.numpy()] + [e.numpy() for e in extras]
+        handles = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
         out = predictor.get_output_handle(predictor.get_output_names()[0])
-        arr = x.numpy()
 
         def step():
-            handle.reshape(arr.shape)
-            handle.copy_from_cpu(arr)
+            for h, a in zip(handles, arrays):
+                h.reshape(a.shape)
+                h.copy_from_cpu(a)
             predictor.run()
             out.copy_to_cpu()
     return _timed(step, iters, warmup)
 
 
-def run_torch(arch, mode, batch, iters, warmup, threads):
+class _SyntheticImages:
+    """In-memory (image, label) pairs: the engine and the bare loop read identical data with no decoding."""
+
+    def __init__(self, n, size, seed=0):
+        rng = np.random.RandomState(seed)
+        self.images = [rng.rand(3, size, size).astype("float32") for _ in range(4)]
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.images[i % 4], np.int64(i % 1000)
+
+    def set_epoch(self, epoch):
+        pass
+
+
+def _forward_clock(fn, stamps):
+    def timed(*args, **kwargs):
+        stamps.append(time.perf_counter())
+        return fn(*args, **kwargs)
+    return timed
+
+
+def run_engine(arch, mode, batch, iters, warmup, threads, knobs=()):
+    """Training images/s of the suite's Trainer ('engine') or of a bare loop ('bare') on the same model, data
+    loader, optimizer (SGD momentum 0.9, no weight decay) and loss; per-iteration times are the gaps between
+    successive forward calls, so every cost between two steps counts."""
+    import paddle
+    import paddle.nn.functional as F
+    from paddle.base import core
+    core.set_num_threads(threads)
+    paddle.set_device("cpu")
+    spec = ARCHS[arch]
+    n_batches = warmup + iters + 1
+    dataset = _SyntheticImages(n_batches * batch, spec["size"])
+    model = spec["paddle"](1000)
+    stamps = []
+    if mode == "engine":
+        from common.config import get_default_config
+        from common.engine.trainer import Trainer
+        from common.logger import ScalarWriter
+        from common.method import ClassificationMethod
+
+        class Bench(ClassificationMethod):
+            name = "bench"
+
+        cfg = get_default_config()
+        cfg.defrost()
+        cfg.DATA.BATCH_SIZE, cfg.DATA.NUM_WORKERS, cfg.MODEL.NUM_CLASSES = batch, 0, 1000
+        cfg.AUG.MIXUP_PROB, cfg.TRAIN.SMOOTHING, cfg.TRAIN.WEIGHT_DECAY = 0.0, 0.0, 0.0
+        cfg.TRAIN.OPTIMIZER.NAME, cfg.TRAIN.OPTIMIZER.MOMENTUM = "SGD", 0.9
+        cfg.TRAIN.BASE_LR, cfg.TRAIN.LINEAR_SCALED_LR, cfg.TRAIN.WARMUP_EPOCHS = 1e-4, 0, 0
+        cfg.TRAIN.EPOCHS, cfg.REPORT_FREQ = 1, 10 ** 6
+        cfg.freeze()
+        method = Bench()
+        method.forward = _forward_clock(method.forward, stamps)
+        import logging
+        trainer = Trainer(cfg, method, model, tempfile.mkdtemp(prefix="bench_engine_"), logging.getLogger("bench"),
+                          "cpu")
+        trainer.setup(dataset, None)
+        trainer.writer = ScalarWriter(None, False)
+        trainer.train_one_epoch(1)
+    else:
+        from common.engine.trainer import build_loader
+        from common.data.samplers import TrainBatchSampler
+        loader = build_loader(dataset, TrainBatchSampler(len(dataset), batch, seed=0), 0)
+        opt = paddle.optimizer.Momentum(learning_rate=1e-4, momentum=0.9, parameters=model.parameters())
+        forward = _forward_clock(model, stamps)
+        model.train()
+        for images, labels in loader:
+            loss = F.cross_entropy(forward(images), labels)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            float(loss)
+    gaps = np.diff(stamps)
+    return list(gaps[warmup:warmup + iters])
+
+
+def run_torch(arch, mode, batch, iters, warmup, threads, knobs=()):
     import torch
     torch.set_num_threads(threads)
     spec = ARCHS[arch]
     size = spec["size"]
     model = spec["torch"](1000)
     x = torch.from_numpy(np.random.rand(batch, 3, size, size).astype("float32"))
+    extras = [torch.from_numpy(e) for e in spec.get("extras", lambda b: [])(batch)]
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
         def step():
-            loss = sum(o.float().mean() for o in _outputs(model(x)))
+            loss = sum(o.float().mean() for o in _outputs(model(x, *extras)))
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -108,7 +216,7 @@ def run_torch(arch, mode, batch, iters, warmup, threads):
 
         def step():
             with torch.no_grad():
-                _outputs(model(x))[0].numpy()
+                _outputs(model(x, *extras))[0].numpy()
     return _timed(step, iters, warmup)
 
 
@@ -116,14 +224,18 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("arch", choices=sorted(ARCHS))
     p.add_argument("framework", choices=["paddle", "torch"])
-    p.add_argument("mode", choices=["train", "eval", "predictor"])
+    p.add_argument("mode", choices=["train", "eval", "predictor", "engine", "bare"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--knobs", nargs="*", default=[], choices=sorted(KNOBS))
     a = p.parse_args(argv)
-    run = run_paddle if a.framework == "paddle" else run_torch
-    times = run(a.arch, a.mode, a.batch, a.iters, a.warmup, a.threads)
+    if a.mode in ("engine", "bare"):
+        run = run_engine
+    else:
+        run = run_paddle if a.framework == "paddle" else run_torch
+    times = run(a.arch, a.mode, a.batch, a.iters, a.warmup, a.threads, tuple(a.knobs))
     ips = [a.batch / t for t in times]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     print(json.dumps({"arch": a.arch, "framework": a.framework, "mode": a.mode, "images_per_s": ips,

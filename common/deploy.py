@@ -26,6 +26,24 @@ def _uses_unsupported_onednn_ops(graph_path):
     return any(f'"1.{op}"' in text for op in ONEDNN_UNSUPPORTED)
 
 
+def create_predictor(graph, params, threads=None, gpu_id=None, onednn=True):
+    """A Paddle Inference predictor for a jit.save'd graph: CPU with `threads` math threads (default: all cores)
+    and oneDNN where its kernels can run the graph, or GPU `gpu_id`."""
+    from paddle import inference
+    cfg = inference.Config(graph, params)
+    if gpu_id is None:
+        cfg.disable_gpu()
+    else:
+        cfg.enable_use_gpu(256, gpu_id)
+    if not onednn:
+        cfg.disable_onednn()
+    elif _uses_unsupported_onednn_ops(graph):
+        cfg.delete_pass("onednn_placement_pass")
+    cfg.disable_glog_info()
+    cfg.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
+    return inference.create_predictor(cfg)
+
+
 class ExportedClassifier:
     def __init__(self, export_dir, backend="paddle", threads=None, gpu_id=None):
         with open(os.path.join(export_dir, "inference.json")) as f:
@@ -40,18 +58,8 @@ class ExportedClassifier:
         files = self.meta["files"]
         self.backend = backend
         if backend == "paddle":
-            from paddle import inference
-            graph = os.path.join(export_dir, files["graph"])
-            cfg = inference.Config(graph, os.path.join(export_dir, files["params"]))
-            if gpu_id is None:
-                cfg.disable_gpu()
-            else:
-                cfg.enable_use_gpu(256, gpu_id)
-            if _uses_unsupported_onednn_ops(graph):
-                cfg.delete_pass("onednn_placement_pass")
-            cfg.disable_glog_info()
-            cfg.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
-            self._predictor = inference.create_predictor(cfg)
+            self._predictor = create_predictor(os.path.join(export_dir, files["graph"]),
+                                               os.path.join(export_dir, files["params"]), threads, gpu_id)
             self.input_names = self._predictor.get_input_names()
         elif backend == "onnx":
             if "onnx" not in files:

@@ -12,3 +12,20 @@ def test_bench_worker_measures_paddle_and_the_exported_predictor():
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         assert res["mode"] == mode and len(res["images_per_s"]) == 1 and res["images_per_s"][0] > 0
         assert res["peak_rss_mb"] > 100
+
+
+def test_engine_and_bare_loop_measure_the_same_model():
+    for mode in ("engine", "bare"):
+        proc = run_cli([sys.executable, "-m", "bench.worker", "resmlp_12", "paddle", mode, "--batch", "2",
+                        "--iters", "2", "--warmup", "1", "--threads", "1"], timeout=600)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert res["mode"] == mode and len(res["images_per_s"]) == 2 and min(res["images_per_s"]) > 0
+
+
+def test_metadata_and_multi_head_architectures_export_to_the_predictor():
+    # Dynamic MLP takes a second input; PIM returns a dict of heads with a selector inside
+    for arch in ("sk2res2net101_dmlp_c", "pim_resnet50"):
+        proc = run_cli([sys.executable, "-m", "bench.worker", arch, "paddle", "predictor", "--batch", "1",
+                        "--iters", "1", "--warmup", "0", "--threads", "1"], timeout=600)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert res["images_per_s"][0] > 0, arch
