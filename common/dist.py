@@ -58,23 +58,22 @@ def init():
         _initialised = True
 
 
-def all_reduce_sum(values):
-    """Sum a float64 numpy vector over ranks (exact for counts below 2**53)."""
+def _all_reduce(values, op):
     arr = np.asarray(values, dtype="float64")
     if world_size() == 1:
         return arr
     t = paddle.to_tensor(arr)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    dist.all_reduce(t, op=op)
     return t.numpy()
+
+
+def all_reduce_sum(values):
+    """Sum a float64 numpy vector over ranks (exact for counts below 2**53)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(values):
-    arr = np.asarray(values, dtype="float64")
-    if world_size() == 1:
-        return arr
-    t = paddle.to_tensor(arr)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.numpy()
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def all_gather_object(obj):

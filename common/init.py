@@ -74,3 +74,24 @@ def kaiming_uniform_torch_default_(param, linear=False):
     fan_in, _ = _fans(param, linear)
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     _set(param, np.random.uniform(-bound, bound, size=param.shape))
+
+
+def reset_batch_norm_(bn):
+    """A freshly built BatchNorm: unit scale, zero shift, running mean 0 and variance 1."""
+    ones_(bn.weight)
+    zeros_(bn.bias)
+    zeros_(bn._mean)
+    ones_(bn._variance)
+
+
+def init_transformer_(model, linear_layer, norm_layer):
+    """timm's transformer initialisation of every Linear (truncated normal 0.02, zero bias) and LayerNorm (unit
+    scale, zero shift) under `model`."""
+    for layer in model.sublayers():
+        if isinstance(layer, linear_layer):
+            trunc_normal_(layer.weight, std=0.02)
+            if layer.bias is not None:
+                zeros_(layer.bias)
+        elif isinstance(layer, norm_layer):
+            ones_(layer.weight)
+            zeros_(layer.bias)

@@ -8,31 +8,15 @@ list-file columns would (``lat lon YYYY-MM-DD``, ``nan`` when missing), so the s
 Every problem is a DataError naming the file and the image: invalid JSON, a missing field, an image without a label
 (or with two), a label for an unknown image, a category outside [0, MODEL.NUM_CLASSES), a date that does not parse.
 """
-import json
 import os
 
 from common.data.datasets import DataError, Sample
+from common.data.json_file import read_json_object
 from dynamic_mlp.metadata import parse_coordinate, parse_date
 
 
 def _load(path):
-    if not os.path.isfile(path):
-        raise DataError(f"annotation file not found: {path}")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object with 'images' and 'annotations', got "
-                        f"{type(data).__name__}")
-    for key in ("images", "annotations"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{path}: '{key}' is missing or not a list (an iNat21 / COCO-style file has 'images' "
-                            f"and 'annotations')")
-    return data
+    return read_json_object(path, ("images", "annotations"))
 
 
 def _field(entry, key, path, what, index):

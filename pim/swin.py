@@ -206,15 +206,9 @@ class SwinTransformer(nn.Layer):
     def reset_parameters(self):
         """timm's Swin initialisation: truncated normal (0.02) Linear weights and bias tables, zero biases, unit
         LayerNorm; the patch-embedding conv keeps torch's default."""
+        init.init_transformer_(self, nn.Linear, nn.LayerNorm)
         for layer in self.sublayers():
-            if isinstance(layer, nn.Linear):
-                init.trunc_normal_(layer.weight, std=0.02)
-                if layer.bias is not None:
-                    init.zeros_(layer.bias)
-            elif isinstance(layer, nn.LayerNorm):
-                init.ones_(layer.weight)
-                init.zeros_(layer.bias)
-            elif isinstance(layer, WindowAttention):
+            if isinstance(layer, WindowAttention):
                 init.trunc_normal_(layer.relative_position_bias_table, std=0.02)
         conv = self.patch_embed.proj
         init.kaiming_uniform_torch_default_(conv.weight)

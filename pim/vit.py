@@ -93,14 +93,7 @@ class VisionTransformer(nn.Layer):
         tiny normal class token, torch-default patch conv."""
         init.trunc_normal_(self.pos_embed, std=0.02)
         init.normal_(self.cls_token, std=1e-6)
-        for layer in self.sublayers():
-            if isinstance(layer, nn.Linear):
-                init.trunc_normal_(layer.weight, std=0.02)
-                if layer.bias is not None:
-                    init.zeros_(layer.bias)
-            elif isinstance(layer, nn.LayerNorm):
-                init.ones_(layer.weight)
-                init.zeros_(layer.bias)
+        init.init_transformer_(self, nn.Linear, nn.LayerNorm)
         conv = self.patch_embed.proj
         init.kaiming_uniform_torch_default_(conv.weight)
         fan_in = int(np.prod(conv.weight.shape[1:]))

@@ -321,7 +321,7 @@ def test_inat21_malformed_json(tmp_path, capsys):
     text = open(path).read()
     with open(path, "w") as f:
         f.write(text[: len(text) // 2])
-    prepare_fails(["inat21_mini", "--src", src, "--dst", dst], capsys, f"{path}: malformed JSON")
+    prepare_fails(["inat21_mini", "--src", src, "--dst", dst], capsys, f"{path}: not valid JSON")
 
 
 def test_inat21_unknown_category_and_missing_annotation(tmp_path, capsys):

@@ -169,10 +169,7 @@ def reset_like_torch(layer):
                 fan_in = int(np.prod(sub.weight.shape[1:]))
                 init.uniform_(sub.bias, -fan_in ** -0.5, fan_in ** -0.5)
         elif isinstance(sub, nn.BatchNorm2D):
-            init.ones_(sub.weight)
-            init.zeros_(sub.bias)
-            init.zeros_(sub._mean)
-            init.ones_(sub._variance)
+            init.reset_batch_norm_(sub)
         elif isinstance(sub, nn.Linear):
             reset_linear_like_torch(sub)
 

@@ -80,10 +80,7 @@ def _reset_resnet_layer(layer):
         if isinstance(sub, nn.Conv2D):
             init.kaiming_normal_(sub.weight, mode="fan_out")
         elif isinstance(sub, nn.BatchNorm2D):
-            init.ones_(sub.weight)
-            init.zeros_(sub.bias)
-            init.zeros_(sub._mean)
-            init.ones_(sub._variance)
+            init.reset_batch_norm_(sub)
         elif isinstance(sub, nn.Linear):
             reset_linear_like_torch(sub)
 

@@ -6,10 +6,11 @@ are `categories[*].name` in category-id order (ids 0..9999). Each list line carr
 -> 2010-07-24), each missing (null, NaN, absent, unparsable or out-of-range) field written as `nan` on its own.
 """
 import datetime
-import json
 import math
 import os
 import re
+
+from common.data.json_file import read_json_object
 
 from .core import Entry, Prepared, PrepareError, Progress, Split, find_root, require_file, warn
 
@@ -19,20 +20,7 @@ _DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 
 def load_json(path):
     require_file(path, "iNat21 annotation json")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise PrepareError(f"{path}: malformed JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise PrepareError(f"{path}: not UTF-8 text: {e}") from None
-    if not isinstance(data, dict):
-        raise PrepareError(f"{path}: expected a JSON object with 'images', 'annotations' and 'categories'")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise PrepareError(f"{path}: no '{key}' list (an iNat21 json with labels has images, annotations "
-                               f"and categories)")
-    return data
+    return read_json_object(path, ("images", "annotations", "categories"), PrepareError, "iNat21 annotation json")
 
 
 def _field(obj, key, path, what):
