@@ -25,12 +25,17 @@ import time
 from bench.archs import ARCHS, ENGINE_ARCHS, QUICK, REPO
 
 MODES = ("train", "eval", "predictor")
+ENGINE_ITERS = 8
 
 
 def measure(arch, framework, mode, args, knobs=(), threads=None):
     threads = threads or args.threads
+    iters, warmup = args.iters, args.warmup
+    if mode in ("engine", "bare"):
+        # the two differ by a few percent at most: more iterations than the frameworks' comparison needs
+        iters, warmup = max(iters, ENGINE_ITERS), max(warmup, 3)
     cmd = [sys.executable, "-m", "bench.worker", arch, framework, mode, "--batch", str(args.batch),
-           "--iters", str(args.iters), "--warmup", str(args.warmup), "--threads", str(threads)]
+           "--iters", str(iters), "--warmup", str(warmup), "--threads", str(threads)]
     if knobs:
         cmd += ["--knobs", *knobs]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
@@ -95,7 +100,8 @@ def knob_study(args):
     archs = args.archs or ["resnet50", "resmlp_12"]
     trials = [("train", (), None, "default (threads = cores)"), ("train", (), 1, "1 thread (Paddle's default)"),
               ("train", ("onednn",), None, "oneDNN in dygraph"), ("train", ("to_static",), None, "to_static"),
-              ("train", ("amp_bf16",), None, "AMP bf16 O1"), ("predictor", (), None, "predictor (oneDNN)"),
+              ("train", ("amp_bf16",), None, "AMP bf16 O1"),
+              ("train", ("system_allocator",), None, "system allocator"), ("predictor", (), None, "predictor (oneDNN)"),
               ("predictor", ("no_onednn",), None, "predictor without oneDNN")]
     rows = []
     for arch in archs:
@@ -105,9 +111,10 @@ def knob_study(args):
             ips = median_ips(res)
             base.setdefault(mode, ips)
             ratio = f"{ips / base[mode]:.2f}x" if ips and base[mode] else "n/a"
-            rows.append(f"| {arch} | {mode} | {label} | {fmt(ips, (ips, ips)) if ips else res['error']} | {ratio} |")
+            mb = f"{res['peak_rss_mb']:.0f}" if "peak_rss_mb" in res else "n/a"
+            rows.append(f"| {arch} | {mode} | {label} | {f'{ips:.2f}' if ips else res['error']} | {ratio} | {mb} |")
             print(rows[-1], file=sys.stderr, flush=True)
-    print("\n| arch | mode | knob | img/s | vs default |\n|---|---|---|---|---|")
+    print("\n| arch | mode | knob | img/s | vs default | peak MB |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
 
 
@@ -118,7 +125,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--knobs", action="store_true", help="measure each Paddle knob against the default instead")

@@ -23,6 +23,7 @@ KNOBS = {
     "to_static": "training step through paddle.jit.to_static (dynamic-to-static graph)",
     "amp_bf16": "AMP bfloat16 O1 autocast",
     "no_onednn": "predictor without oneDNN (plain CPU kernels)",
+    "system_allocator": "malloc/free instead of Paddle's caching allocator (FLAGS_use_system_allocator)",
 }
 
 
@@ -49,6 +50,8 @@ def _apply_paddle_knobs(knobs):
     import paddle
     if "onednn" in knobs:
         paddle.set_flags({"FLAGS_use_mkldnn": True})
+    if "system_allocator" in knobs:
+        paddle.set_flags({"FLAGS_use_system_allocator": True})
 
 
 def _paddle_inputs(spec, batch):

@@ -95,6 +95,8 @@ def test_two_process_training_runs(small_demo, tmp_path):
     assert "paddle.distributed.launch" in proc.stdout
     h = read_json(os.path.join(out, "metrics.json"))["history"]
     assert h[-1]["val_count"] == 64
+    with open(os.path.join(out, "log.txt")) as f:   # the tests' OMP_NUM_THREADS (1) reaches Paddle's math library
+        assert "on cpu (math threads per process: 1), 2 process(es)" in f.read()
 
 
 @pytest.mark.parametrize("amp", [["AMP.DTYPE", "float16", "AMP.LEVEL", "O1"], ["AMP.DTYPE", "bfloat16", "AMP.LEVEL", "O2"]])

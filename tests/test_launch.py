@@ -36,3 +36,16 @@ def test_no_arguments_means_the_demo_job(tmp_path, monkeypatch):
     assert os.path.exists(tmp_path / "demo_data" / "train_list.txt")   # written on first use
     with pytest.raises(SystemExit, match="run 'sh run_train_multi.sh' first"):
         launch.demo_args("eval")
+
+
+def test_cpu_threads_are_the_process_share_of_the_cores(monkeypatch):
+    from common import dist
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert dist.cpu_threads() == 3                       # the launcher's (or the user's) choice wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("PADDLE_LOCAL_SIZE", "4")
+    assert dist.cpu_threads() == 2                       # 8 usable cores shared by 4 processes on this node
+    monkeypatch.delenv("PADDLE_LOCAL_SIZE")
+    monkeypatch.delenv("PADDLE_TRAINERS_NUM", raising=False)
+    assert dist.cpu_threads() == 8
