@@ -54,7 +54,7 @@ def config_from_args(args, config):
         opts += ["EVAL.ONLY", "True"]
     if args.amp:
         opts += ["AMP.ENABLE", "True"]
-    if getattr(args, "predictor", False):
+    if args.predictor:
         opts += ["EVAL.PREDICTOR", "True"]
     if len(args.opts) % 2:
         raise ConfigError(f"-opts needs KEY VALUE pairs, got {len(args.opts)} items: {' '.join(args.opts)}")

@@ -89,10 +89,10 @@ def predictor_heads(method, config, model, device="cpu"):
 
     from common import dist
     from common.deploy import ExportedClassifier
-    folder = tempfile.mkdtemp(prefix="eval_predictor_")
-    export_model(method, config, model, folder)
     gpu_id = int(device.split(":")[1]) if device.startswith("gpu:") else (0 if device == "gpu" else None)
-    clf = ExportedClassifier(folder, threads=dist.cpu_threads(), gpu_id=gpu_id)
+    with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor holds the model in memory
+        export_model(method, config, model, folder)
+        clf = ExportedClassifier(folder, threads=dist.cpu_threads(), gpu_id=gpu_id)
 
     def heads_fn(images, extras):
         logits = clf.run(images.numpy(), *[e.numpy() for e in extras])

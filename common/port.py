@@ -215,6 +215,26 @@ def verify(spec, flavour, args, fmt, report, model=None, batch=2, tol=1e-5, log=
     return (0 if ok else 1), rel
 
 
+def port_to_file(spec, src, dst, label="", **port_kwargs):
+    """`port_file`, then the result written atomically to `dst` and summarised; a bad source is one error line.
+    Returns (exit status, port_file's result or None)."""
+    from common.checkpoint import atomic_save
+    from common.porting import CheckpointFormatError, PortError, UnsafePickleError
+    try:
+        result = port_file(spec, src, **port_kwargs)
+    except UnsafePickleError as e:
+        print(f"error: {src} is not a plain checkpoint and was NOT loaded: {e}", file=sys.stderr)
+        return 1, None
+    except (PortError, CheckpointFormatError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1, None
+    ported, report = result[0], result[1]
+    atomic_save(ported, dst)
+    print(report.summary())
+    print(f"wrote {dst} ({len(ported)} tensors{label})")
+    return 0, result
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     registry, origin, errors = discover_specs()
@@ -233,24 +253,11 @@ def main(argv=None):
         return 2
     spec = registry[args.model]
 
-    from common.porting import CheckpointFormatError, PortError, UnsafePickleError
-    try:
-        ported, report, model, flavour, fmt = port_file(
-            spec, args.src, key=args.key, flavour=args.flavour, allow_missing=args.allow_missing,
-            num_classes=args.num_classes)
-    except UnsafePickleError as e:
-        print(f"error: {args.src} is not a plain checkpoint and was NOT loaded: {e}", file=sys.stderr)
-        return 1
-    except PortError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (CheckpointFormatError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    from common.checkpoint import atomic_save
-    atomic_save(ported, args.dst)
-    print(report.summary())
-    print(f"wrote {args.dst} ({len(ported)} tensors, model {args.model})")
+    status, result = port_to_file(spec, args.src, args.dst, f", model {args.model}", key=args.key,
+                                  flavour=args.flavour, allow_missing=args.allow_missing, num_classes=args.num_classes)
+    if status:
+        return status
+    _, report, model, flavour, fmt = result
     if args.verify:
         status, _ = verify(spec, flavour, args, fmt, report, model=model, batch=args.verify_batch, tol=args.tol)
         return status

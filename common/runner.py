@@ -44,8 +44,9 @@ def run(method, argv=None):
     logger = setup_logger(out_dir, rank)
     if rank == 0:
         save_config(config, os.path.join(out_dir, "config_eval.yaml" if config.EVAL.ONLY else "config.yaml"))
-    logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {device}"
-                f"{f' (math threads per process: {threads})' if threads else ''}, {dist.world_size()} process(es); output in {out_dir}")
+    where = f"{device} (math threads per process: {threads})" if threads else device
+    logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {where}, "
+                f"{dist.world_size()} process(es); output in {out_dir}")
     # the same initial weights on every rank; per-rank randomness is re-derived each epoch
     seed_everything(config.SEED)
     model = method.build_model(config)

@@ -22,7 +22,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from common import init
-from common.backbones.resnet import batch_norm
+from common.backbones.resnet import batch_norm, run_stages
 
 
 def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
@@ -150,12 +150,7 @@ class SK2Res2Net(nn.Layer):
                 init.zeros_(layer.alpha)
 
     def stage_features(self, x):
-        x = self.maxpool(self.stem(x))
-        feats = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            feats.append(x)
-        return feats
+        return run_stages(self.maxpool(self.stem(x)), (self.layer1, self.layer2, self.layer3, self.layer4))
 
     def forward_features(self, x):
         return self.avgpool(self.stage_features(x)[-1]).flatten(1)

@@ -292,9 +292,7 @@ def main(argv=None):
     """Port an official PIM checkpoint for the model that a config describes."""
     from common.cli import build_parser as common_parser, config_from_args
     from common.config import ConfigError
-    from common.checkpoint import atomic_save
-    from common.port import port_file
-    from common.porting import CheckpointFormatError, PortError, UnsafePickleError
+    from common.port import port_to_file
     from pim.method import PIMMethod
 
     p = argparse.ArgumentParser(prog="python pim/port_weights.py",
@@ -310,22 +308,13 @@ def main(argv=None):
     try:
         cli = common_parser().parse_args(["-cfg", args.cfg] + (["-opts"] + args.opts if args.opts else []))
         config = config_from_args(cli, method.get_config())
-        spec = PortSpec(name=f"pim ({args.cfg})", build_model=lambda **kw: method.build_model(config),
-                        flavours=[PIM_FLAVOUR], description="PIM model of the config")
-        ported, report, _, _, _ = port_file(spec, args.src, key=args.key, flavour="pim")
-    except UnsafePickleError as e:
-        print(f"error: {args.src} is not a plain checkpoint and was NOT loaded: {e}", file=sys.stderr)
-        return 1
+        model = method.build_model(config)   # a config the model cannot be built from is a config error (exit 2)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (PortError, CheckpointFormatError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    atomic_save(ported, args.dst)
-    print(report.summary())
-    print(f"wrote {args.dst} ({len(ported)} tensors)")
-    return 0
+    spec = PortSpec(name=f"pim ({args.cfg})", build_model=lambda **kw: model, flavours=[PIM_FLAVOUR],
+                    description="PIM model of the config")
+    return port_to_file(spec, args.src, args.dst, key=args.key, flavour="pim")[0]
 
 
 if __name__ == "__main__":

@@ -66,6 +66,15 @@ class Bottleneck(nn.Layer):
         return self.relu(out + identity)
 
 
+def run_stages(x, stages):
+    """The output of every stage, each fed the previous one's (multi-scale features for FPN-like heads)."""
+    feats = []
+    for stage in stages:
+        x = stage(x)
+        feats.append(x)
+    return feats
+
+
 class ResNet(nn.Layer):
     """`forward` gives logits; `forward_features` the pooled feature; `stage_features` the four stage outputs."""
 
@@ -113,12 +122,7 @@ class ResNet(nn.Layer):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
     def stage_features(self, x):
-        x = self.stem(x)
-        feats = []
-        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = stage(x)
-            feats.append(x)
-        return feats
+        return run_stages(self.stem(x), (self.layer1, self.layer2, self.layer3, self.layer4))
 
     def forward_features(self, x):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.stem(x)))))

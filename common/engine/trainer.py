@@ -117,19 +117,12 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
             for j, k in enumerate(ks):
                 counts[i, 2 + j] += float(hit[:, :k].sum())
         total += int(labels.shape[0])
-    if dist.world_size() > 1:
-        # A rank with no samples (val set smaller than the world) does not know the model's head names; take them
-        # from a rank that does, so every rank sums a vector of the same layout.
-        known = [n for n in dist.all_gather_object(names) if n is not None]
-        if not known:
-            names = [method.main_head]
-        elif names is None:
-            names = known[0]
-        if counts is None:
-            counts = np.zeros((len(names), width), dtype="float64")
-    elif names is None:
-        names = [method.main_head]
-        counts = np.zeros((1, width), dtype="float64")
+    # A rank with no samples (val set smaller than the world) does not know the model's head names; take them from
+    # a rank that does, so every rank sums a vector of the same layout.
+    known = [n for n in dist.all_gather_object(names) if n is not None]
+    names = known[0] if known else [method.main_head]
+    if counts is None:
+        counts = np.zeros((len(names), width), dtype="float64")
     summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total]]))
     n = summed[-1]
     per_head = summed[:-1].reshape(len(names), width)
