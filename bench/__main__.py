@@ -2,7 +2,9 @@
 
     python -m bench            # every architecture, 3 interleaved rounds
     python -m bench --quick    # ResMLP-12 and ResNet-50, 1 round (a few minutes on 2 CPU cores)
-    python -m bench --knobs    # each Paddle knob (threads, oneDNN, to_static, AMP bf16, predictor oneDNN) vs default
+    python -m bench --knobs    # each Paddle knob (threads, oneDNN, to_static, AMP bf16, allocators, predictor
+                               # oneDNN) vs default
+    python -m bench --archs pim_swin_t --modes eval predictor   # a subset
 
 The PyTorch column is timm / torchvision, or the official code for Dynamic MLP (DYNAMIC_MLP_REF=checkout of
 ylingfeng/DynamicMLP) and PIM (PIM_REF=checkout of chou141253/FGVC-PIM); without them those cells read n/a.
@@ -23,6 +25,7 @@ import tempfile
 import time
 
 from bench.archs import ARCHS, ENGINE_ARCHS, QUICK, REPO
+from bench.worker import KNOB_ENV
 
 MODES = ("train", "eval", "predictor")
 ENGINE_ITERS = 8
@@ -39,6 +42,8 @@ def measure(arch, framework, mode, args, knobs=(), threads=None):
     if knobs:
         cmd += ["--knobs", *knobs]
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(threads))
+    for knob in knobs:
+        env.update(KNOB_ENV.get(knob, {}))
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -101,7 +106,9 @@ def knob_study(args):
     trials = [("train", (), None, "default (threads = cores)"), ("train", (), 1, "1 thread (Paddle's default)"),
               ("train", ("onednn",), None, "oneDNN in dygraph"), ("train", ("to_static",), None, "to_static"),
               ("train", ("amp_bf16",), None, "AMP bf16 O1"),
-              ("train", ("system_allocator",), None, "system allocator"), ("predictor", (), None, "predictor (oneDNN)"),
+              ("train", ("system_allocator",), None, "system allocator"),
+              ("train", ("malloc_mmap_4mb",), None, "glibc mmap threshold 4 MB"),
+              ("predictor", (), None, "predictor (oneDNN)"),
               ("predictor", ("no_onednn",), None, "predictor without oneDNN")]
     rows = []
     for arch in archs:
@@ -129,6 +136,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--knobs", action="store_true", help="measure each Paddle knob against the default instead")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                   help="measure only these (e.g. eval predictor: skip training)")
     p.add_argument("--no-engine", action="store_true", help="skip the engine vs bare-loop overhead measurement")
     p.add_argument("--json", type=str, default=None, help="also write the raw results here")
     args = p.parse_args(argv)
@@ -142,8 +151,9 @@ def main(argv=None):
     engine_archs = [] if args.no_engine else [a for a in archs if a in ENGINE_ARCHS]
     for r in range(rounds):
         for arch in archs:
-            jobs = [(m, fw) for m in MODES for fw in ("paddle", "torch") if not (fw == "torch" and m == "predictor")]
-            if arch in engine_archs:
+            jobs = [(m, fw) for m in args.modes for fw in ("paddle", "torch")
+                    if not (fw == "torch" and m == "predictor")]
+            if arch in engine_archs and "train" in args.modes:
                 jobs += [("engine", "paddle"), ("bare", "paddle")]
             if r % 2:  # alternate the order so that both frameworks see the same machine state
                 jobs = jobs[::-1]

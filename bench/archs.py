@@ -88,7 +88,8 @@ def _pim(backbone, proj, upsample):
         from models.builder import build_resnet50
         return build_resnet50(pretrained="", num_selects=by_level, img_size=224, fpn_size=512,
                               num_classes=num_classes)
-    return dict(paddle=paddle_model, torch=torch_model, size=224, reference="official (PIM_REF)")
+    # the predictor exports what `-eval -predictor` deploys: the combiner's logits (MODEL.PIM.MAIN_HEAD)
+    return dict(paddle=paddle_model, torch=torch_model, size=224, reference="official (PIM_REF)", head="comb_outs")
 
 
 ARCHS = {

@@ -13,8 +13,9 @@ from common.data.transforms import CenterCrop, Compose, ResizeShortSide, SquareR
 
 RESIZE_MODES = {"short_side": ResizeShortSide, "square": SquareResize}
 # Ops whose oneDNN kernels Paddle Inference 3.3 cannot run from a PIR graph ("ConvertPirAttribute2RuntimeAttribute not
-# support pir::ArrayAttribute<pir::DoubleAttribute>" for bilinear_interp, which PIM's FPN uses): such graphs are run
-# without the oneDNN placement pass (the plain CPU kernels; same results).
+# support pir::ArrayAttribute<pir::DoubleAttribute>" for bilinear_interp): such graphs are run without the oneDNN
+# placement pass (the plain CPU kernels; same results, 2-5x slower). The suite's own models avoid the op (PIM's FPN
+# resizes with common.layers.resize_bilinear); this keeps any other exported graph running.
 ONEDNN_UNSUPPORTED = ("bilinear_interp",)
 
 

@@ -25,6 +25,12 @@ class DropPath(nn.Layer):
         return f"drop_prob={self.drop_prob}"
 
 
+def dropout(p):
+    """nn.Dropout(p), or Identity when p is 0: Paddle's dropout op runs in training even at p = 0, copying its
+    input and keeping a mask of the same size for backward (PyTorch returns the input unchanged)."""
+    return nn.Dropout(p) if p > 0 else nn.Identity()
+
+
 class Mlp(nn.Layer):
     """Linear -> GELU -> dropout -> Linear -> dropout (timm `Mlp` naming: fc1, fc2)."""
 
@@ -33,9 +39,39 @@ class Mlp(nn.Layer):
         out_features = out_features or in_features
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = dropout(drop)
 
     def forward(self, x):
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+def bilinear_matrix(in_size, out_size):
+    """[out_size, in_size] float32 weights of 1-D linear interpolation with half-pixel centres (align_corners=False,
+    PyTorch's and Paddle's align_mode=0 bilinear, no antialiasing): row d holds the two taps of output pixel d."""
+    import numpy as np
+    src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+    src = np.clip(src, 0.0, None)
+    i0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    w1 = src - i0
+    m = np.zeros((out_size, in_size), dtype=np.float64)
+    np.add.at(m, (np.arange(out_size), i0), 1.0 - w1)
+    np.add.at(m, (np.arange(out_size), i1), w1)
+    return m.astype("float32")
+
+
+def resize_bilinear(x, size):
+    """Bilinear resize of [N, C, H, W] to `size` (align_corners=False) as two 2-D matrix products, one per axis.
+    Same result as F.interpolate(mode="bilinear") up to float rounding. Written this way for exported models:
+    Paddle Inference 3.3 cannot run the bilinear_interp op with oneDNN (the whole graph would lose its oneDNN
+    kernels), and its oneDNN matmul gave wrong results for the broadcast 4-D form A_h @ x @ A_w^T (0.9 relative
+    error on PIM's FPN), while 2-D products are exact there."""
+    n, c, h, w = x.shape
+    out_h, out_w = [int(s) for s in size]
+    cols = paddle.to_tensor(bilinear_matrix(w, out_w).T, dtype=x.dtype)     # [w, out_w]
+    rows = paddle.to_tensor(bilinear_matrix(h, out_h).T, dtype=x.dtype)     # [h, out_h]
+    y = paddle.matmul(x.reshape([-1, w]), cols).reshape([-1, c, h, out_w]).transpose([0, 1, 3, 2])
+    y = paddle.matmul(y.reshape([-1, h]), rows).reshape([-1, c, out_w, out_h])
+    return y.transpose([0, 1, 3, 2])

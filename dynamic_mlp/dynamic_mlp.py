@@ -16,7 +16,7 @@ import math
 import paddle
 import paddle.nn as nn
 
-from common import init
+from common import init, layers
 
 VARIANTS = ("a", "b", "c")
 
@@ -41,7 +41,7 @@ class FCResLayer(nn.Layer):
         super().__init__()
         self.w1 = nn.Linear(width, width)
         self.w2 = nn.Linear(width, width)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = layers.dropout(dropout)
         self.relu = nn.ReLU()
 
     def forward(self, x):

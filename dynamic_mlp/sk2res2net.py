@@ -23,6 +23,7 @@ import paddle.nn.functional as F
 
 from common import init
 from common.backbones.resnet import batch_norm, run_stages
+from common.layers import dropout
 
 
 def _conv(cin, cout, kernel, stride=1, padding=0, bias=False):
@@ -42,7 +43,8 @@ class SKLayer(nn.Layer):
 
     def forward(self, x, fx):
         a = F.sigmoid(self.alpha)
-        fuse = a * x.mean(axis=[2, 3], keepdim=True) + (1.0 - a) * fx.mean(axis=[2, 3], keepdim=True)
+        # global average pool as a pool op: oneDNN's spatial mean (reduce) was 36% of the exported model's time
+        fuse = a * F.adaptive_avg_pool2d(x, 1) + (1.0 - a) * F.adaptive_avg_pool2d(fx, 1)
         gate = F.sigmoid(self.sk_proj(fuse))
         return (fx - x) * gate + x
 
@@ -115,7 +117,7 @@ class SK2Res2Net(nn.Layer):
             self.stage_channels.append(inplanes)
         self.num_features = inplanes
         self.avgpool = nn.AdaptiveAvgPool2D(1)
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.drop = dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()
 

@@ -36,6 +36,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from common import init
+from common.layers import resize_bilinear
 
 __all__ = ["FeatureInfo", "FPN", "WeaklySelector", "GCNCombiner", "PluginModel", "select_tokens", "gather_tokens",
            "to_tokens", "pim_loss", "head_logits", "sum_of_softmax", "highest_k", "torch_default_init"]
@@ -130,15 +131,38 @@ class FPN(nn.Layer):
             if self.upsample_type == "Conv":
                 upper = getattr(self, "Up_" + self.names[i])(upper)
             elif list(upper.shape[-2:]) != list(out[i - 1].shape[-2:]):
-                upper = F.interpolate(upper, size=out[i - 1].shape[-2:], mode="bilinear", align_corners=False,
-                                      align_mode=0)
+                upper = resize_bilinear(upper, out[i - 1].shape[-2:])   # exported graphs keep oneDNN
             out[i - 1] = out[i - 1] + upper
         return out
 
 
+class TokenwiseConv1D(nn.Conv1D):
+    """A kernel-1 Conv1d (weight [out, in, 1]: the reference's keys and shapes) applied to tokens [B, S, C_in] as
+    one matrix product, which spares the transposes to and from [B, C, S] around every per-level head."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, tokens):
+        return paddle.matmul(tokens, self.weight.squeeze(-1), transpose_y=True) + self.bias
+
+
+class TokenwiseBatchNorm1D(nn.BatchNorm1D):
+    """BatchNorm1d over the channels of tokens [B, S, C] (statistics over batch and tokens, as BatchNorm1d over
+    [B, C, S]), run on the [B * S, C] view: Paddle Inference's oneDNN batch_norm rejects 3-D channels-last input."""
+
+    def __init__(self, channels):
+        super().__init__(channels, momentum=0.9, epsilon=1e-5)
+
+    def forward(self, tokens):
+        return super().forward(tokens.reshape([-1, tokens.shape[-1]])).reshape(tokens.shape)
+
+
 def fpn_head(fpn_size, num_classes):
-    head = nn.Sequential(nn.Conv1D(fpn_size, fpn_size, 1), batch_norm_1d(fpn_size), nn.ReLU(),
-                         nn.Conv1D(fpn_size, num_classes, 1))
+    """Conv1d-BatchNorm1d-ReLU-Conv1d over every token, on tokens [B, S, D] -> [B, S, num_classes]."""
+    head = nn.Sequential(TokenwiseConv1D(fpn_size, fpn_size),
+                         TokenwiseBatchNorm1D(fpn_size), nn.ReLU(),
+                         TokenwiseConv1D(fpn_size, num_classes))
     torch_default_init(head)
     return head
 
@@ -313,8 +337,7 @@ class PluginModel(nn.Layer):
             return out
         if self.use_fpn:
             tokens = [to_tokens(f) for f in self.fpn(feats)]
-            logits = [getattr(self, "fpn_classifier_" + n)(t.transpose([0, 2, 1])).transpose([0, 2, 1])
-                      for n, t in zip(self.layer_names, tokens)]
+            logits = [getattr(self, "fpn_classifier_" + n)(t) for n, t in zip(self.layer_names, tokens)]
         else:
             tokens = [to_tokens(f) for f in feats]
             logits = [self.selector.classify(n, t) for n, t in zip(self.layer_names, tokens)]

@@ -14,7 +14,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from common import init
-from common.layers import DropPath, Mlp
+from common.layers import DropPath, Mlp, dropout
 
 __all__ = ["VisionTransformer", "VIT_VARIANTS", "create_vit", "resize_pos_embed"]
 
@@ -25,9 +25,9 @@ class Attention(nn.Layer):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = dropout(proj_drop)
 
     def forward(self, x):
         b, n, c = x.shape
@@ -80,7 +80,7 @@ class VisionTransformer(nn.Layer):
         self.cls_token = self.create_parameter([1, 1, embed_dim], default_initializer=nn.initializer.Constant(0.0))
         self.pos_embed = self.create_parameter([1, 1 + self.grid ** 2, embed_dim],
                                                default_initializer=nn.initializer.Constant(0.0))
-        self.pos_drop = nn.Dropout(drop_rate)
+        self.pos_drop = dropout(drop_rate)
         dpr = np.linspace(0, drop_path_rate, depth).tolist()
         # blocks after the last returned one are never used: not built (they would only carry dead parameters)
         last = max(self.return_blocks)

@@ -6,7 +6,7 @@ released `.pdparams` load unchanged, and timm's checkpoints port with two prefix
 import paddle
 import paddle.nn as nn
 
-from common import init
+from common import init, layers
 from common.layers import DropPath, Mlp
 
 
@@ -71,7 +71,7 @@ class ResMlp(nn.Layer):
             for _ in range(depth)
         ])
         self.norm = Affine(embed_dim)
-        self.head_drop = nn.Dropout(dropout)
+        self.head_drop = layers.dropout(dropout)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self._init_weights()
 

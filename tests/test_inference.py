@@ -88,3 +88,45 @@ def test_exported_model_matches_dygraph_in_paddle_inference_and_onnx(trained, sm
         rel = np.abs(got - ref).max() / np.abs(ref).max()
         assert rel < 1e-5, (backend, rel)
         assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+@pytest.mark.parametrize("resize", ["interpolate_op", "matrix_products"])
+def test_graphs_with_a_bilinear_resize_run_in_paddle_inference(resize, tmp_path):
+    """A graph with Paddle's bilinear_interp op (no oneDNN kernel from PIR in Paddle 3.3) still runs, on the plain
+    kernels; the suite's resize_bilinear keeps oneDNN and must stay exact there (its 4-D broadcast form was not)."""
+    import paddle.nn as nn
+    import paddle.nn.functional as F
+
+    from common.deploy import _uses_unsupported_onednn_ops, create_predictor
+    from common.layers import resize_bilinear
+
+    class Merge(nn.Layer):   # an FPN-like top-down merge: 1x1 convs, resize the coarse map, add
+        def __init__(self):
+            super().__init__()
+            self.fine, self.coarse = nn.Conv2D(3, 16, 1), nn.Conv2D(3, 16, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            fine, coarse = self.fine(x), self.coarse(x)
+            if resize == "interpolate_op":
+                up = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            else:
+                up = resize_bilinear(coarse, fine.shape[-2:])
+            return fine + up
+
+    paddle.seed(0)
+    model = Merge()
+    model.eval()
+    x = np.random.RandomState(0).rand(4, 3, 9, 9).astype("float32")
+    ref = model(paddle.to_tensor(x)).numpy()
+    prefix = str(tmp_path / "model")
+    paddle.jit.save(paddle.jit.to_static(model, input_spec=[paddle.static.InputSpec([None, 3, 9, 9], "float32")],
+                                         full_graph=True), prefix)
+    graph = prefix + ".json"
+    assert _uses_unsupported_onednn_ops(graph) == (resize == "interpolate_op")
+    predictor = create_predictor(graph, prefix + ".pdiparams", threads=1)
+    handle = predictor.get_input_handle(predictor.get_input_names()[0])
+    handle.reshape(x.shape)
+    handle.copy_from_cpu(x)
+    predictor.run()
+    out = predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-5)

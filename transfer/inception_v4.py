@@ -16,6 +16,7 @@ import paddle.nn as nn
 
 from common import init
 from common.backbones.resnet import reset_linear_like_torch
+from common.layers import dropout
 
 NUM_FEATURES = 1536
 
@@ -195,7 +196,7 @@ class InceptionV4(nn.Layer):
             *[InceptionC() for _ in range(3)],
         )
         self.global_pool = nn.AdaptiveAvgPool2D(1)
-        self.head_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.head_drop = dropout(drop_rate)
         self.last_linear = nn.Linear(NUM_FEATURES, num_classes) if num_classes > 0 else nn.Identity()
         reset_like_torch(self)
 

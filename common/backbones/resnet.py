@@ -9,6 +9,7 @@ import re
 import paddle.nn as nn
 
 from common import init
+from common.layers import dropout
 
 
 def batch_norm(channels):
@@ -93,7 +94,7 @@ class ResNet(nn.Layer):
         self.num_features = 512 * block.expansion
         self.stage_channels = [64 * block.expansion, 128 * block.expansion, 256 * block.expansion,
                                512 * block.expansion]
-        self.drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
+        self.drop = dropout(drop_rate)
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.reset_parameters()
 
