@@ -106,6 +106,7 @@ def knob_study(args):
     trials = [("train", (), None, "default (threads = cores)"), ("train", (), 1, "1 thread (Paddle's default)"),
               ("train", ("onednn",), None, "oneDNN in dygraph"), ("train", ("to_static",), None, "to_static"),
               ("train", ("amp_bf16",), None, "AMP bf16 O1"),
+              ("train", ("mkl_vendor_default",), None, "MKL's default dispatch (no AVX2 request on AMD)"),
               ("train", ("system_allocator",), None, "system allocator"),
               ("train", ("malloc_mmap_4mb",), None, "glibc mmap threshold 4 MB"),
               ("predictor", (), None, "predictor (oneDNN)"),

@@ -25,6 +25,7 @@ KNOBS = {
     "amp_bf16": "AMP bfloat16 O1 autocast",
     "no_onednn": "predictor without oneDNN (plain CPU kernels)",
     "system_allocator": "malloc/free instead of Paddle's caching allocator (FLAGS_use_system_allocator)",
+    "mkl_vendor_default": "MKL's default dispatch on AMD (the suite sets MKL_DEBUG_CPU_TYPE=5 there: AVX2 kernels)",
     "malloc_mmap_4mb": "glibc's mmap threshold fixed at 4 MB (MALLOC_MMAP_THRESHOLD_=4194304): freed activations "
                        "go back to the system instead of staying in the heap",
 }
@@ -82,10 +83,21 @@ def _paddle_inputs(spec, batch):
     return x, extras
 
 
+def _paddle_cpu_math(threads, knobs):
+    """What the suite's runner does for a CPU process: math threads, and MKL's AVX2 path on AMD."""
+    from paddle.base import core
+
+    from common.dist import prefer_fast_mkl_on_amd
+    if "mkl_vendor_default" in knobs:
+        os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
+    else:
+        prefer_fast_mkl_on_amd()
+    core.set_num_threads(threads)
+
+
 def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
     import paddle
-    from paddle.base import core
-    core.set_num_threads(threads)
+    _paddle_cpu_math(threads, knobs)
     paddle.set_device("cpu")
     _apply_paddle_knobs(knobs)
     spec = ARCHS[arch]
@@ -168,8 +180,7 @@ def run_engine(arch, mode, batch, iters, warmup, threads, knobs=()):
     successive forward calls, so every cost between two steps counts."""
     import paddle
     import paddle.nn.functional as F
-    from paddle.base import core
-    core.set_num_threads(threads)
+    _paddle_cpu_math(threads, knobs)
     paddle.set_device("cpu")
     spec = ARCHS[arch]
     n_batches = warmup + iters + 1

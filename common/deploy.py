@@ -31,6 +31,10 @@ def create_predictor(graph, params, threads=None, gpu_id=None, onednn=True):
     """A Paddle Inference predictor for a jit.save'd graph: CPU with `threads` math threads (default: all cores)
     and oneDNN where its kernels can run the graph, or GPU `gpu_id`."""
     from paddle import inference
+
+    from common.dist import prefer_fast_mkl_on_amd
+    if gpu_id is None:
+        prefer_fast_mkl_on_amd()
     cfg = inference.Config(graph, params)
     if gpu_id is None:
         cfg.disable_gpu()

@@ -43,8 +43,31 @@ def cpu_threads():
     return max(1, cores // max(1, local))
 
 
+def cpu_vendor():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def prefer_fast_mkl_on_amd():
+    """Paddle's CPU GEMM is Intel MKL (mklml), which runs a slow generic code path on AMD processors unless
+    MKL_DEBUG_CPU_TYPE=5 asks for its AVX2 kernels: a 3136x384x1536 product goes from 116 to 55 ms on one EPYC core.
+    MKL reads the variable at its first call, so this must run before any training or inference. Left alone when
+    the user set it, and on other vendors. Returns whether it is in effect."""
+    if "MKL_DEBUG_CPU_TYPE" not in os.environ and cpu_vendor() == "AuthenticAMD":
+        os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+    return os.environ.get("MKL_DEBUG_CPU_TYPE") == "5"
+
+
 def set_cpu_threads():
-    """Paddle's CPU kernels use one thread unless told; give this process its share of the cores."""
+    """Paddle's CPU kernels use one thread unless told; give this process its share of the cores (and MKL's fast
+    path on AMD, see prefer_fast_mkl_on_amd)."""
+    prefer_fast_mkl_on_amd()
     n = cpu_threads()
     paddle.base.core.set_num_threads(n)
     return n

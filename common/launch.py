@@ -86,7 +86,18 @@ def build_command(mode, args, gpus, nproc, ips=None):
     return launch + [script] + list(args)
 
 
+def worker_threads(nproc, requested=None):
+    """OMP_NUM_THREADS for every worker: the user's value when set, else the usable cores shared by the processes
+    (Paddle on CPU uses one thread unless told)."""
+    if requested and requested.strip():
+        return requested.strip()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return str(max(1, cores // nproc))
+
+
 def main(argv=None):
+    # read before anything imports paddle: its import sets OMP_NUM_THREADS=1 when the variable is absent
+    requested_threads = os.environ.get("OMP_NUM_THREADS")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("train", "eval"):
         raise SystemExit("usage: python -m common.launch {train|eval} [main_multi_gpu.py flags]")
@@ -95,10 +106,7 @@ def main(argv=None):
         args = demo_args(mode)
     gpus = visible_gpus()
     nproc = len(gpus) if gpus else max(1, int(os.environ.get("NPROC", "1")))
-    env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:
-        # Paddle on CPU uses one thread unless told; give each process its share of the cores
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    env = dict(os.environ, OMP_NUM_THREADS=worker_threads(nproc, requested_threads))
     cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"))
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     return subprocess.call(cmd, env=env)

@@ -1,9 +1,11 @@
 import os
+import subprocess
 import sys
 
 import pytest
 
 from common import launch
+from tests.helpers import REPO, TINY_RESMLP, env
 
 
 def test_cpu_single_process_runs_the_script_directly():
@@ -49,3 +51,25 @@ def test_cpu_threads_are_the_process_share_of_the_cores(monkeypatch):
     monkeypatch.delenv("PADDLE_LOCAL_SIZE")
     monkeypatch.delenv("PADDLE_TRAINERS_NUM", raising=False)
     assert dist.cpu_threads() == 8
+
+
+def test_the_launcher_gives_each_worker_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert launch.worker_threads(1) == "8"
+    assert launch.worker_threads(4) == "2"
+    assert launch.worker_threads(16) == "1"
+    assert launch.worker_threads(4, "3") == "3"          # the user's choice wins
+    assert launch.worker_threads(2, "") == "4"           # empty counts as unset
+
+
+def test_a_single_process_run_uses_every_core(small_demo, tmp_path):
+    """Through run_train_multi.sh with OMP_NUM_THREADS unset: the launcher imports Paddle (to look for GPUs), whose
+    import sets OMP_NUM_THREADS=1; the worker must still get all cores."""
+    out = str(tmp_path / "one")
+    e = env()
+    e.pop("OMP_NUM_THREADS")
+    subprocess.run(["sh", "run_train_multi.sh", "-cfg", "configs/resmlp/demo.yaml", "-data_path", small_demo,
+                    "-output", out, "-opts", *TINY_RESMLP, "TRAIN.EPOCHS", "1"], cwd=REPO, env=e, check=True,
+                   capture_output=True, timeout=600)
+    with open(os.path.join(out, "log.txt")) as f:
+        assert f"on cpu (math threads per process: {len(os.sched_getaffinity(0))}), 1 process(es)" in f.read()
