@@ -14,6 +14,7 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from common import dist
 from common.checkpoint import load_pretrained
 from common.cli import build_parser, config_from_args
 from common.data.datasets import (IMG_EXTENSIONS, DataError, ImageDataset, Sample, read_class_names,
@@ -32,6 +33,8 @@ def add_model_flags(parser):
 
 def load_model(method, args):
     """Config from -cfg/-opts, model with -pretrained weights, in eval mode."""
+    if paddle.device.get_device() == "cpu":
+        dist.set_cpu_threads()   # the cores and MKL's fast path, as the runner gives training
     cli = build_parser().parse_args([])
     cli.cfg, cli.pretrained, cli.opts, cli.data_path = args.cfg, args.pretrained, args.opts, args.data_path
     cli.eval = True
