@@ -33,10 +33,9 @@ def create_predictor(graph, params, threads=None, gpu_id=None, onednn=True):
     from paddle import inference
 
     from common.dist import prefer_fast_mkl_on_amd
-    if gpu_id is None:
-        prefer_fast_mkl_on_amd()
     cfg = inference.Config(graph, params)
     if gpu_id is None:
+        prefer_fast_mkl_on_amd()
         cfg.disable_gpu()
     else:
         cfg.enable_use_gpu(256, gpu_id)

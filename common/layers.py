@@ -26,8 +26,8 @@ class DropPath(nn.Layer):
 
 
 def dropout(p):
-    """nn.Dropout(p), or Identity when p is 0: Paddle's dropout op runs in training even at p = 0, copying its
-    input and keeping a mask of the same size for backward (PyTorch returns the input unchanged)."""
+    """nn.Dropout(p), or Identity when p is 0: Paddle still runs its dropout op (forward and backward) in training at
+    p = 0, where it changes nothing."""
     return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
@@ -68,7 +68,7 @@ def resize_bilinear(x, size):
     Paddle Inference 3.3 cannot run the bilinear_interp op with oneDNN (the whole graph would lose its oneDNN
     kernels), and its oneDNN matmul gave wrong results for the broadcast 4-D form A_h @ x @ A_w^T (0.9 relative
     error on PIM's FPN), while 2-D products are exact there."""
-    n, c, h, w = x.shape
+    _, c, h, w = x.shape
     out_h, out_w = [int(s) for s in size]
     cols = paddle.to_tensor(bilinear_matrix(w, out_w).T, dtype=x.dtype)     # [w, out_w]
     rows = paddle.to_tensor(bilinear_matrix(h, out_h).T, dtype=x.dtype)     # [h, out_h]

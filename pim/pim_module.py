@@ -85,9 +85,12 @@ def to_tokens(x):
     return x
 
 
+# torch BatchNorm1d(momentum=0.1, eps=1e-5) == Paddle BatchNorm1D(momentum=0.9, epsilon=1e-5)
+TORCH_BATCH_NORM_1D = dict(momentum=0.9, epsilon=1e-5)
+
+
 def batch_norm_1d(channels):
-    # torch BatchNorm1d(momentum=0.1, eps=1e-5) == Paddle BatchNorm1D(momentum=0.9, epsilon=1e-5)
-    return nn.BatchNorm1D(channels, momentum=0.9, epsilon=1e-5)
+    return nn.BatchNorm1D(channels, **TORCH_BATCH_NORM_1D)
 
 
 # ------------------------------------------------------------------------------------------------------------ FPN
@@ -152,7 +155,7 @@ class TokenwiseBatchNorm1D(nn.BatchNorm1D):
     [B, C, S]), run on the [B * S, C] view: Paddle Inference's oneDNN batch_norm rejects 3-D channels-last input."""
 
     def __init__(self, channels):
-        super().__init__(channels, momentum=0.9, epsilon=1e-5)
+        super().__init__(channels, **TORCH_BATCH_NORM_1D)
 
     def forward(self, tokens):
         return super().forward(tokens.reshape([-1, tokens.shape[-1]])).reshape(tokens.shape)

@@ -73,3 +73,15 @@ def test_a_single_process_run_uses_every_core(small_demo, tmp_path):
                    capture_output=True, timeout=600)
     with open(os.path.join(out, "log.txt")) as f:
         assert f"on cpu (math threads per process: {len(os.sched_getaffinity(0))}), 1 process(es)" in f.read()
+
+
+@pytest.mark.parametrize("vendor,preset,expected", [("AuthenticAMD", None, "5"), ("GenuineIntel", None, None),
+                                                    ("AuthenticAMD", "0", "0")])
+def test_mkl_fast_path_is_requested_on_amd_only_and_a_user_choice_wins(monkeypatch, vendor, preset, expected):
+    from common import dist
+    monkeypatch.setattr(dist, "cpu_vendor", lambda: vendor)
+    monkeypatch.setenv("MKL_DEBUG_CPU_TYPE", preset or "")   # recorded, so the variable is restored afterwards
+    if preset is None:
+        monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
+    assert dist.prefer_fast_mkl_on_amd() == (expected == "5")
+    assert os.environ.get("MKL_DEBUG_CPU_TYPE") == expected
