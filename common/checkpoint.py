@@ -10,11 +10,12 @@ import random
 import numpy as np
 import paddle
 
+from common.errors import SuiteError
 from common.porting.reader import checkpoint_format
 from common.safe_pickle import load_paddle_file
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(SuiteError, ValueError):
     pass
 
 

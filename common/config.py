@@ -8,6 +8,8 @@ import os
 import yaml
 from yacs.config import CfgNode as CN
 
+from common.errors import SuiteError
+
 
 def get_default_config():
     _C = CN()
@@ -117,7 +119,7 @@ def get_default_config():
     return _C
 
 
-class ConfigError(ValueError):
+class ConfigError(SuiteError, ValueError):
     pass
 
 

@@ -12,8 +12,10 @@ import pickle
 
 import numpy as np
 
+from common.errors import SuiteError
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(SuiteError, pickle.UnpicklingError):
     pass
 
 

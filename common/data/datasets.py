@@ -10,11 +10,13 @@ import random
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from common.errors import SuiteError
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(SuiteError, ValueError):
     """Bad input data, with a message that says which file (and line) is at fault."""
 
 

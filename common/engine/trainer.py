@@ -15,13 +15,14 @@ from common.data.datasets import (DataError, ImageDataset, check_files_exist, re
                                   scan_class_folders)
 from common.data.samplers import EvalBatchSampler, TrainBatchSampler
 from common.engine.ema import ModelEma
+from common.errors import NonFiniteError
 from common.engine.losses import ClassificationLoss
 from common.engine.lr import build_scheduler
 from common.engine.optim import build_optimizer
 from common.method import eval_loss_sum
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError, RuntimeError):
     pass
 
 

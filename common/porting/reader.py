@@ -28,6 +28,7 @@ import zipfile
 
 import numpy as np
 
+from common.errors import SuiteError
 from common.safe_pickle import RestrictedUnpickler, UnsafePickleError, load_paddle_file
 
 __all__ = [
@@ -41,7 +42,7 @@ LEGACY_PROTOCOL_VERSION = 1001
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little", signed=True)
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(SuiteError, ValueError):
     """The file is not a checkpoint this reader understands, or it is damaged."""
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from common.errors import SuiteError
+
 __all__ = [
     "Drop", "PrefixRename", "RegexRename", "Transpose", "Reshape", "Cast", "batchnorm_rules", "key_matcher",
     "apply_rules", "port_state_dict", "PortError", "PortReport",
@@ -150,7 +152,7 @@ def batchnorm_rules():
     ]
 
 
-class PortError(ValueError):
+class PortError(SuiteError, ValueError):
     """The source does not fill the target exactly; `problems` lists each misfit, `report` what did fit."""
 
     def __init__(self, problems, report):
