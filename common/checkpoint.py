@@ -6,13 +6,16 @@ random states and the config. Every file a user hands us is read with the restri
 """
 import os
 import random
+import re
+import zipfile
 
 import numpy as np
 import paddle
 
 from common.errors import SuiteError
-from common.porting.reader import checkpoint_format
-from common.safe_pickle import load_paddle_file
+from common.outdir import atomic_write
+from common.porting.reader import _safetensors_header, checkpoint_format
+from common.safe_pickle import KEEP, CheckpointFormatError, load_paddle_file, rebuild, short_repr
 
 
 class CheckpointMismatchError(SuiteError, ValueError):
@@ -20,23 +23,54 @@ class CheckpointMismatchError(SuiteError, ValueError):
 
 
 def atomic_save(obj, path):
-    """paddle.save to a temporary file in the same folder, then rename: a crash never leaves a partial file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    try:
-        paddle.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """paddle.save through `common.outdir.atomic_write`: flushed to disk, then renamed; a crash, kill or full disk
+    leaves the previous file intact."""
+    atomic_write(path, lambda tmp: paddle.save(obj, tmp))
+
+
+def _not_a_checkpoint(path, fmt):
+    """Why `path` (sniffed as `fmt`) cannot be read: a port advice for a real PyTorch / safetensors file, otherwise
+    a 'damaged' error."""
+    if os.path.getsize(path) == 0:
+        return CheckpointFormatError(f"{path} is damaged or not a checkpoint (the file is empty)")
+    reason = None
+    if fmt == "torch_zip":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                if not any(n.endswith("data.pkl") and n.count("/") <= 1 for n in zf.namelist()):
+                    reason = "a zip archive without the data.pkl of a PyTorch checkpoint"
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            reason = f"truncated or corrupt zip archive: {e}"
+    elif fmt == "safetensors":
+        try:
+            with open(path, "rb") as f:
+                _safetensors_header(f, os.path.getsize(path))
+        except CheckpointFormatError as e:
+            reason = f"truncated or corrupt safetensors file: {e}"
+    elif fmt not in ("torch_legacy", "torch_tar"):
+        with open(path, "rb") as f:
+            head = f.read(9)
+        if len(head) == 9 and head[8:9] == b"{":
+            claimed = int.from_bytes(head[:8], "little")
+            reason = (f"truncated or corrupt safetensors file: its header claims {claimed} bytes, the file has "
+                      f"{os.path.getsize(path)}")
+        else:
+            reason = (f"it does not start like a Paddle, PyTorch or safetensors checkpoint: first bytes "
+                      f"{head[:8].hex(' ')}")
+    if reason:
+        return CheckpointFormatError(f"{path} is damaged or not a checkpoint ({reason})")
+    kind = "safetensors" if fmt == "safetensors" else "PyTorch"
+    return CheckpointMismatchError(
+        f"{path} is a {kind} file, not a Paddle checkpoint; convert it first: "
+        f"python -m common.port --model NAME --src {path} --dst out.pdparams")
 
 
 def read_checkpoint(path):
-    if checkpoint_format(path) != "pickle":
-        raise CheckpointMismatchError(
-            f"{path} is not a Paddle checkpoint (a PyTorch or safetensors file?); convert it first: "
-            f"python -m common.port --model NAME --src {path} --dst out.pdparams")
+    """A Paddle checkpoint (`paddle.save`) read safely: tensors as numpy arrays. Raises CheckpointFormatError for a
+    damaged file, CheckpointMismatchError (with the port command) for a PyTorch / safetensors file."""
+    fmt = checkpoint_format(path)
+    if fmt != "pickle":
+        raise _not_a_checkpoint(path, fmt)
     return load_paddle_file(path)
 
 
@@ -53,24 +87,76 @@ def extract_model_state(obj, prefer_ema=False):
     return {k: v for k, v in obj.items() if k != PADDLE_NAME_TABLE}
 
 
-def check_state_dict(model, state, skip_keys=()):
-    """Compare a state dict with the model: returns (usable dict, skipped keys) or raises naming every misfit."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+def _names(keys, limit=20):
+    keys = list(keys)
+    text = ", ".join(k if isinstance(k, str) else short_repr(k, 60) for k in keys[:limit])
+    return text + (", ..." if len(keys) > limit else "")
+
+
+def _np_dtype_of(tensor):
+    """numpy dtype of a paddle tensor (None where numpy has none, e.g. bfloat16)."""
+    try:
+        return np.dtype(str(tensor.dtype).replace("paddle.", ""))
+    except TypeError:
+        return None
+
+
+def _what(v):
+    return f"{type(v).__name__} {short_repr(v, 40)}" if isinstance(v, (str, bytes, int, float)) else \
+        type(v).__name__
+
+
+def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None):
+    """Compare a state dict with the model: returns (usable dict, skipped keys) or raises naming every misfit.
+
+    Values must be arrays of numbers; each is cast to the dtype of the model entry it loads into (float64 weights
+    written by numpy code load into a float32 model), and `notes` (a list, when given) receives a line per cast.
+    """
+    targets = model.state_dict()
+    expected = {k: tuple(v.shape) for k, v in targets.items()}
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{name}: expected a dict of weights, got {type(state).__name__}")
+    not_arrays = [(k, _what(v)) for k, v in state.items() if k in expected and not isinstance(v, (np.ndarray,
+                                                                                                   paddle.Tensor))]
+    not_numbers = [(k, str(v.dtype)) for k, v in state.items()
+                   if k in expected and isinstance(v, np.ndarray) and v.dtype.kind not in "biuf"]
+    bad = {k for k, _ in not_arrays + not_numbers}
     missing = [k for k in expected if k not in state and k not in skip_keys]
     unexpected = [k for k in state if k not in expected]
-    wrong = [(k, tuple(np.shape(state[k])), expected[k]) for k in expected
-             if k in state and tuple(np.shape(state[k])) != expected[k] and k not in skip_keys]
-    if missing or unexpected or wrong:
+    wrong = [(k, tuple(state[k].shape), expected[k]) for k in expected
+             if k in state and k not in bad and tuple(state[k].shape) != expected[k] and k not in skip_keys]
+    if missing or unexpected or wrong or bad:
         lines = []
+        if not_arrays:
+            lines.append("not a tensor: " + ", ".join(f"{k} ({t})" for k, t in not_arrays[:20]))
+        if not_numbers:
+            lines.append("not an array of numbers: " + ", ".join(f"{k} (dtype {t})" for k, t in not_numbers[:20]))
         if missing:
-            lines.append(f"missing keys ({len(missing)}): {', '.join(missing[:20])}")
+            lines.append(f"missing keys ({len(missing)}): {_names(missing)}")
         if unexpected:
-            lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:20])}")
+            lines.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
         if wrong:
             lines.append("shape mismatch: " + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, a, b in wrong[:20]))
-        raise CheckpointMismatchError("checkpoint does not fit the model:\n  " + "\n  ".join(lines))
-    skipped = [k for k in skip_keys if k in expected and (k not in state or tuple(np.shape(state[k])) != expected[k])]
-    usable = {k: v for k, v in state.items() if k not in skipped}
+        raise CheckpointMismatchError(f"{name} does not fit the model:\n  " + "\n  ".join(lines))
+    skipped = [k for k in skip_keys if k in expected and (k not in state or tuple(state[k].shape) != expected[k])]
+    usable, casts = {}, {}
+    for k, v in state.items():
+        if k in skipped:
+            continue
+        want = _np_dtype_of(targets[k])
+        if isinstance(v, np.ndarray) and want is not None and v.dtype != want:
+            if want.kind in "biu" and v.dtype.kind == "f":
+                raise CheckpointMismatchError(f"{name} does not fit the model: {k} holds {v.dtype} values where the "
+                                              f"model keeps {want}")
+            v = v.astype(want)
+            casts.setdefault((str(state[k].dtype), str(want)), []).append(k)
+        elif isinstance(v, np.ndarray) and want is None and v.dtype.kind == "f":  # e.g. a bfloat16 model (AMP O2)
+            v = paddle.to_tensor(v).astype(targets[k].dtype)
+            casts.setdefault((str(state[k].dtype), str(targets[k].dtype).replace("paddle.", "")), []).append(k)
+        usable[k] = v
+    if notes is not None:
+        for (src, dst), keys in casts.items():
+            notes.append(f"{name}: cast {len(keys)} tensor(s) from {src} to the model's {dst} ({_names(keys, 5)})")
     return usable, skipped
 
 
@@ -79,8 +165,11 @@ def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print):
     initialised (fine-tuning to a new class count); anything else that does not fit is an error."""
     state = extract_model_state(read_checkpoint(path), prefer_ema)
     head = model.classifier_keys() if new_head and hasattr(model, "classifier_keys") else []
-    usable, skipped = check_state_dict(model, state, head)
+    notes = []
+    usable, skipped = check_state_dict(model, state, head, name=f"pretrained {path}", notes=notes)
     model.set_state_dict(usable)
+    for note in notes:
+        log(note)
     if skipped:
         log(f"pretrained {path}: kept the new classifier ({', '.join(skipped)}) instead of the checkpoint's")
     log(f"loaded pretrained weights from {path} ({len(usable)} tensors)")
@@ -102,11 +191,168 @@ def set_rng_state(state):
 
 
 def to_tensors(obj):
-    """numpy arrays (from the safe reader) -> paddle tensors, for optimizer/scaler state."""
-    if isinstance(obj, np.ndarray):
-        return paddle.to_tensor(obj)
-    if isinstance(obj, dict):
-        return {k: to_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [to_tensors(v) for v in obj]
-    return obj
+    """numpy arrays (from the safe reader) -> paddle tensors, for optimizer/scaler state (iterative: shared and deep
+    structures cost linear time, see `common.safe_pickle.rebuild`)."""
+    return rebuild(obj, lambda x: paddle.to_tensor(x) if isinstance(x, np.ndarray) else KEEP, "optimizer state")
+
+
+# ----------------------------------------------------------------------------------------------------------- resume
+# accumulators Paddle keeps per parameter (state keys '<param>_<name>_<n>'), by optimizer
+_ACCUMULATORS = {"AdamW": {"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc", "moment2_max"},
+                 "Momentum": {"velocity"}, "SGD": set()}
+_SAME_SHAPE = {"moment1", "moment2", "moment2_max", "velocity"}  # these have their parameter's shape
+
+
+def _optimizer_class(optimizer):
+    for cls in ("AdamW", "Momentum", "SGD"):
+        if isinstance(optimizer, getattr(paddle.optimizer, cls)):
+            return cls
+    return None
+
+
+def _stored_optimizer(config_text, path):
+    """(optimizer class, description) from the config a training checkpoint stores, or (None, None)."""
+    if not isinstance(config_text, str):
+        return None, None
+    from common.config import ConfigError, _read_yaml
+    try:
+        data = _read_yaml(f"{path} (its stored config)", text=config_text)
+    except ConfigError:
+        return None, None
+    opt = data.get("TRAIN", {}).get("OPTIMIZER", {}) if isinstance(data.get("TRAIN"), dict) else {}
+    if not isinstance(opt, dict) or not isinstance(opt.get("NAME"), str):
+        return None, None
+    name, momentum, nesterov = opt["NAME"], opt.get("MOMENTUM", 0), opt.get("NESTEROV", False)
+    momentum = momentum if isinstance(momentum, (int, float)) else 0
+    if name.lower() == "adamw":
+        return "AdamW", f"AdamW (TRAIN.OPTIMIZER.NAME '{name}')"
+    if name.lower() in ("sgd", "momentum"):
+        cls = "Momentum" if momentum > 0 or nesterov is True else "SGD"
+        return cls, f"{cls} (TRAIN.OPTIMIZER.NAME '{name}', MOMENTUM {momentum})"
+    return None, f"TRAIN.OPTIMIZER.NAME '{name[:40]}'"
+
+
+def _split_opt_key(key, params):
+    """'<param>_<accumulator>_<n>' -> (param, accumulator), or None."""
+    for p in params:
+        if key.startswith(p + "_"):
+            acc = re.sub(r"^fp32_master_\d+_", "", key[len(p) + 1:])  # AMP O2 keeps moments of fp32 copies
+            head, _, tail = acc.rpartition("_")
+            return p, (head if tail.isdigit() and head else acc)
+    return None
+
+
+def _check_optimizer_state(opt_state, model, optimizer, stored_desc):
+    current = _optimizer_class(optimizer)
+    if current is None:
+        return []
+    problems = []
+    if not all(isinstance(k, str) for k in opt_state):
+        return ["optimizer state has keys that are not names"]
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    params = sorted(shapes, key=len, reverse=True)
+    found, unknown, bad_shape, not_arrays = set(), [], [], []
+    for key, value in opt_state.items():
+        if key in ("LR_Scheduler", "master_weights", PADDLE_NAME_TABLE):
+            continue
+        split = _split_opt_key(key, params)
+        if split is None:
+            unknown.append(key)
+            continue
+        param, acc = split
+        found.add(acc)
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            not_arrays.append(f"{key} ({_what(value)})")
+        elif acc in _SAME_SHAPE and tuple(value.shape) != shapes[param]:
+            bad_shape.append(f"{key} {tuple(value.shape)} vs parameter {shapes[param]}")
+    stored = next((cls for cls, accs in _ACCUMULATORS.items() if accs and found and found <= accs), None)
+    if found and (stored != current or not found <= _ACCUMULATORS[current]):
+        what = stored_desc or (f"{stored}" if stored else f"an optimizer with state {_names(sorted(found))}")
+        problems.append(f"the checkpoint was trained with {what}, this run uses {current}")
+    elif not found and current != "SGD":
+        problems.append(f"the checkpoint has no {current} state (trained with {stored_desc or 'plain SGD'}?)")
+    if unknown:
+        problems.append(f"optimizer state for parameters the model does not have: {_names(unknown, 10)}")
+    if not_arrays:
+        problems.append(f"optimizer state entries that are not arrays of numbers: {', '.join(not_arrays[:10])}")
+    if bad_shape:
+        problems.append(f"optimizer state of the wrong shape: {', '.join(bad_shape[:10])}")
+    return problems
+
+
+def _check_rng(rng):
+    if rng is None:
+        return []
+    try:
+        if not isinstance(rng, dict):
+            raise TypeError(type(rng).__name__)
+        if "python" in rng:
+            version, internal, gauss = rng["python"]
+            random.Random().setstate((version, tuple(internal), gauss))
+        if "numpy" in rng:
+            np.random.RandomState().set_state(tuple(rng["numpy"]))
+    except Exception as e:  # noqa: B902 - tried on throwaway generators: any failure means a damaged entry
+        return [f"its random-number state is damaged ({type(e).__name__}: {str(e)[:100]})"]
+    return []
+
+
+def check_training_checkpoint(path, state, model, optimizer, scheduler, config, ema=False):
+    """Check everything `Trainer.resume` will restore from `state` before anything is modified.
+
+    Returns {'model': weights cast to the model's dtypes, 'ema': the same for the EMA weights or None, 'notes': [..]};
+    raises CheckpointMismatchError naming each entry that does not fit (another optimizer, a missing or damaged
+    entry, another model)."""
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"{path} is not a training checkpoint (it holds a {type(state).__name__}); use "
+                                      f"-pretrained to load weights only")
+    needed = ("model", "optimizer", "lr_scheduler", "epoch")
+    absent = [k for k in needed if k not in state]
+    if "optimizer" in absent and "lr_scheduler" in absent:
+        raise CheckpointMismatchError(f"{path} is not a training checkpoint (no 'optimizer' and 'lr_scheduler' "
+                                      f"entries); use -pretrained to load weights only")
+    if absent:
+        raise CheckpointMismatchError(f"{path} cannot be resumed: the training checkpoint lacks "
+                                      f"{', '.join(repr(k) for k in absent)}")
+    problems = []
+    for key, kind in (("model", dict), ("optimizer", dict), ("lr_scheduler", dict)):
+        if not isinstance(state[key], kind):
+            problems.append(f"'{key}' is a {type(state[key]).__name__}, not a dict")
+    epoch = state["epoch"]
+    if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
+        problems.append(f"'epoch' is {_what(epoch)}, not an epoch number")
+    for key, kind in (("global_step", (int, np.integer)), ("world_size", (int, np.integer)), ("best", dict),
+                      ("history", list), ("saved_epochs", list), ("scaler", dict)):
+        if state.get(key) is not None and (not isinstance(state[key], kind) or isinstance(state[key], bool)):
+            problems.append(f"'{key}' is a {type(state[key]).__name__}")
+    if problems:
+        raise CheckpointMismatchError(f"{path} cannot be resumed: " + "; ".join(problems))
+    notes = []  # the model first: another model is the most likely misfit, and its message the clearest
+    weights, _ = check_state_dict(model, extract_model_state(state), name=f"{path} (model)", notes=notes)
+    ema_weights = None
+    if ema and isinstance(state.get("ema"), dict) and state["ema"]:
+        ema_weights, _ = check_state_dict(model, extract_model_state(state["ema"]), name=f"{path} (EMA)",
+                                          notes=notes)
+    stored_cls, stored_desc = _stored_optimizer(state.get("config"), path)
+    current = _optimizer_class(optimizer)
+    if stored_cls and current and stored_cls != current:
+        problems.append(f"the checkpoint was trained with {stored_desc}, this run uses {current} (TRAIN.OPTIMIZER."
+                        f"NAME '{config.TRAIN.OPTIMIZER.NAME}')")
+    else:
+        problems += _check_optimizer_state(state["optimizer"], model, optimizer, stored_desc)
+    want = set(scheduler.state_dict())
+    for where, sched in (("'lr_scheduler'", state["lr_scheduler"]),
+                         ("the optimizer's 'LR_Scheduler'", state["optimizer"].get("LR_Scheduler", {}))):
+        if not isinstance(sched, dict):
+            problems.append(f"{where} is a {type(sched).__name__}, not a dict")
+        elif where.startswith("'lr") and want - set(sched):
+            problems.append(f"{where} lacks {', '.join(sorted(want - set(sched)))}")
+        elif any(not isinstance(v, (int, float, np.number)) or isinstance(v, bool)
+                 for k, v in sched.items() if k in want):
+            problems.append(f"{where} holds non-numbers: {short_repr(sched)}")
+    problems += _check_rng(state.get("rng"))
+    if problems:
+        raise CheckpointMismatchError(
+            f"{path} does not fit this run: " + "; ".join(problems) +
+            f". Resume with the settings the checkpoint was trained with, or start a new run with -pretrained "
+            f"{path} to load its weights only")
+    return {"model": weights, "ema": ema_weights, "notes": notes}

@@ -35,8 +35,8 @@ def build_parser(description="train or evaluate a model"):
     p.add_argument("-predictor", action="store_true",
                    help="with -eval: run the exported model in Paddle Inference (faster; main head only)")
     p.add_argument("-amp", action="store_true", help="automatic mixed precision (AMP.* keys for dtype/level)")
-    p.add_argument("-opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="override any config key, e.g. -opts TRAIN.EPOCHS 10 TRAIN.BASE_LR 0.01")
+    p.add_argument("-opts", nargs="+", action="extend", default=[], metavar="KEY VALUE",
+                   help="override any config key, e.g. -opts TRAIN.EPOCHS 10 TRAIN.BASE_LR 0.01 (may be repeated)")
     return p
 
 

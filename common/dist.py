@@ -24,8 +24,9 @@ def is_main():
 def setup_device():
     """GPU when Paddle was built with CUDA and one is visible, else CPU; returns the device string."""
     if paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0:
+        # the device the launcher selected for this process (e.g. GPUS=3 with one process: not GPU 0)
         local = int(os.environ.get("FLAGS_selected_gpus", os.environ.get("PADDLE_LOCAL_RANK", "0")).split(",")[0])
-        device = f"gpu:{local}" if world_size() > 1 else "gpu"
+        device = f"gpu:{local}"
     else:
         device = "cpu"
     paddle.set_device(device)

@@ -97,14 +97,25 @@ def classify(exc):
     if isinstance(exc, (pickle.UnpicklingError, UnicodeDecodeError)):
         return EXIT_INPUT, str(exc)
     if isinstance(exc, (ValueError, KeyError)) and _raised_by_suite(exc):
-        # the suite's own ValueError subclasses (ConfigError, DataError, ...) carry a complete message
-        return EXIT_INPUT, str(exc) if not isinstance(exc, KeyError) else str(exc.args[0])
+        return EXIT_INPUT, str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
     return None
 
 
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def _raised_by_suite(exc):
-    mod = type(exc).__module__ or ""
-    return mod.split(".")[0] in ("common", "resmlp", "dynamic_mlp", "pim", "transfer")
+    """A ValueError / KeyError raised by the suite's own code carries a complete message; one raised deep inside a
+    library is a bug or an unexpected state, reported as such."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    if last is None:
+        return False
+    last = os.path.abspath(last)
+    return last.startswith(_REPO + os.sep) and "site-packages" not in last
 
 
 def report(exc):
@@ -147,8 +158,9 @@ def ignore_signals():
             pass
 
 
-def run_entry(fn, *args, **kwargs):
-    """Run a CLI entry point inside the boundary; exits the process with the documented code on failure."""
+def run_entry(fn, *args, exit_on_error=True, **kwargs):
+    """Run a CLI entry point inside the boundary. On failure: the error line, then exit with the documented code
+    (or, with exit_on_error=False, return that code: for entry points whose `main` returns a status)."""
     install_signal_handlers()
     try:
         return fn(*args, **kwargs)
@@ -158,7 +170,10 @@ def run_entry(fn, *args, **kwargs):
         ignore_signals()
         code = report(e)
         sys.stdout.flush()
-        sys.exit(code)
+        if exit_on_error:
+            sys.exit(code)
+        install_signal_handlers()
+        return code
 
 
 def entry_point(fn):

@@ -13,8 +13,11 @@ import sys
 import paddle
 import paddle.nn as nn
 
+from common.config import ConfigError
 from common.data.transforms import eval_resize_size
+from common.errors import run_entry
 from common.inference import add_model_flags, class_names_for, load_model
+from common.outdir import check_writable
 
 MODEL_PREFIX = "model"
 META_FILE = "inference.json"
@@ -115,12 +118,18 @@ def export_main(method, argv=None):
     p.add_argument("-onnx", action="store_true", help="also write model.onnx (needs paddle2onnx)")
     p.add_argument("-opset", type=int, default=13)
     args = p.parse_args(argv)
-    try:
-        config, model = load_model(method, args)
-        meta = export_model(method, config, model, args.output, class_names_for(config, args.data_path),
-                            onnx=args.onnx, opset=args.opset)
-    except (RuntimeError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_entry(_export, method, args)
+
+
+def _export(method, args):
+    check_writable(args.output)
+    if args.onnx:
+        try:
+            import paddle2onnx  # noqa: F401 - checked before the work, not after it
+        except ImportError:
+            raise ConfigError("-onnx needs paddle2onnx (pip install paddle2onnx onnxruntime)") from None
+    config, model = load_model(method, args)
+    meta = export_model(method, config, model, args.output, class_names_for(config, args.data_path),
+                        onnx=args.onnx, opset=args.opset)
     print(f"exported {config.MODEL.NAME} to {args.output}: " + ", ".join(meta["files"].values()) + f", {META_FILE}")
     return meta

@@ -21,6 +21,8 @@ from common.data.datasets import (IMG_EXTENSIONS, DataError, ImageDataset, Sampl
                                   read_list_file)
 from common.data.samplers import EvalBatchSampler
 from common.engine.trainer import build_loader, split_batch
+from common.errors import run_entry
+from common.outdir import atomic_write, check_output_file
 
 
 def add_model_flags(parser):
@@ -113,14 +115,16 @@ def predict_main(method, argv=None):
     p.add_argument("-lon", type=str, default="nan", help="longitude of a single image")
     p.add_argument("-date", type=str, default="nan", help="date of a single image, YYYY-MM-DD")
     args = p.parse_args(argv)
-    try:
-        config, model = load_model(method, args)
-        samples = collect_samples(args.image, args.data_path, (args.lat, args.lon, args.date))
-        names = class_names_for(config, args.data_path)
-        results = predict_samples(method, model, config, samples, args.batch_size, args.topk)
-    except (DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_entry(_predict, method, args)
+
+
+def _predict(method, args):
+    if args.csv:
+        check_output_file(args.csv, "-csv")
+    config, model = load_model(method, args)
+    samples = collect_samples(args.image, args.data_path, (args.lat, args.lon, args.date))
+    names = class_names_for(config, args.data_path)
+    results = predict_samples(method, model, config, samples, args.batch_size, args.topk)
     for sample, ids, probs in results:
         top = ", ".join(f"{names[int(c)]} {pr:.3f}" for c, pr in zip(ids, probs))
         print(f"{sample.path}: {top}")
@@ -129,6 +133,6 @@ def predict_main(method, argv=None):
         correct = sum(int(ids[0]) == s.label for s, ids in labelled)
         print(f"top-1 on {len(labelled)} labelled images: {100.0 * correct / len(labelled):.2f}% ({correct})")
     if args.csv:
-        write_csv(args.csv, results, names)
+        atomic_write(args.csv, lambda tmp: write_csv(tmp, results, names))
         print(f"wrote {args.csv}")
     return results

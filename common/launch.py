@@ -4,11 +4,16 @@
 With no flags at all, the demo job runs: the built-in demo data is written when missing, and a small ResMLP trains
 on it (train) or its last checkpoint is evaluated (eval).
 
-Environment: NPROC (CPU processes when no GPU; default 1), GPUS (ids, default all visible), IPS (comma-separated
-node addresses for multi-node runs), OMP_NUM_THREADS (default: cores / processes).
+Environment: NPROC (CPU processes when no GPU; default 1), GPUS (devices by their CUDA_VISIBLE_DEVICES entry or by
+position among the visible ones; default all visible), IPS (comma-separated node addresses for multi-node runs),
+OMP_NUM_THREADS (default: cores / processes).
+
+SIGTERM / SIGINT / SIGHUP to this process stop the whole run: Paddle's launcher, every rank and every data worker;
+the exit status is then 128 + the signal. When a rank fails, its own `error:` line is repeated on the console.
 """
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -37,28 +42,55 @@ def method_of(cfg_path):
                      f"configs/<{'|'.join(METHODS)}>/...); set METHOD=<name>")
 
 
+class LaunchError(SystemExit):
+    pass
+
+
+def visible_labels(cvd, count):
+    """The device labels Paddle's launcher accepts for --gpus: the entries of CUDA_VISIBLE_DEVICES when it is set
+    (a scheduler's '2,3', or UUIDs), else 0..count-1."""
+    if cvd is not None and cvd.strip() not in ("", "all"):
+        return [d.strip() for d in cvd.split(",") if d.strip()][:count] or list(map(str, range(count)))
+    return list(map(str, range(count)))
+
+
+def select_gpus(gpus_env, cvd, count):
+    """Device labels to pass as --gpus. GPUS, when set, names devices by their CUDA_VISIBLE_DEVICES entry (what
+    nvidia-smi and the scheduler call them) or, failing that, by position among the visible devices."""
+    labels = visible_labels(cvd, count)
+    if not gpus_env or not gpus_env.strip():
+        return labels
+    wanted = [g.strip() for g in gpus_env.split(",") if g.strip()]
+    if all(g in labels for g in wanted):
+        return wanted
+    if all(g.isdigit() and int(g) < len(labels) for g in wanted):
+        return [labels[int(g)] for g in wanted]
+    raise LaunchError(f"error: GPUS={gpus_env} names devices that are not visible; the visible devices are "
+                      f"{','.join(labels)} (CUDA_VISIBLE_DEVICES={cvd if cvd is not None else 'unset'})")
+
+
 def visible_gpus():
-    ids = os.environ.get("GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         import paddle
         if not paddle.is_compiled_with_cuda():
+            if os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvidiactl"):
+                print("note: this machine has an NVIDIA GPU but the installed Paddle is the CPU build, so the run uses "
+                      "the CPU; for the GPU install paddlepaddle-gpu (README, 'GPU install')", file=sys.stderr)
             return []
         count = paddle.device.cuda.device_count()
     except Exception:
         return []
     if count == 0:
         return []
-    if ids:
-        return [i for i in ids.split(",") if i.strip()][:count] if os.environ.get("GPUS") else list(
-            map(str, range(count)))
-    return list(map(str, range(count)))
+    return select_gpus(os.environ.get("GPUS"), os.environ.get("CUDA_VISIBLE_DEVICES"), count)
 
 
 def demo_args(mode):
     from common.demo_data import make_demo_data
     make_demo_data(os.path.join(REPO, DEMO_DATA))
     cfg, data, output = (os.path.join(REPO, p) for p in (DEMO_CFG, DEMO_DATA, DEMO_OUTPUT))
-    args = ["-cfg", cfg, "-data_path", data, "-output", output]
+    # a second run of the demo continues the first one (and says so when it already finished)
+    args = ["-cfg", cfg, "-data_path", data, "-output", output, "-resume", "auto"]
     if mode == "eval":
         ckpt = os.path.join(output, "last.pdparams")
         if not os.path.isfile(ckpt):
@@ -95,6 +127,67 @@ def worker_threads(nproc, requested=None):
     return str(max(1, cores // nproc))
 
 
+def worker_error_lines(log_dir):
+    """The `error:` lines the ranks wrote to their logs (Paddle's launcher keeps rank r's output in workerlog.r)."""
+    lines = []
+    if not log_dir or not os.path.isdir(log_dir):
+        return lines
+    for name in sorted(os.listdir(log_dir)):
+        if not name.startswith("workerlog."):
+            continue
+        try:
+            with open(os.path.join(log_dir, name), "r", encoding="utf-8", errors="replace") as f:
+                found = [line.rstrip("\n") for line in f if line.startswith("error:")]
+        except OSError:
+            continue
+        if found:
+            lines.append((name.split(".", 1)[1], found[0]))
+    return lines
+
+
+def run_child(cmd, env, log_dir=None):
+    """Run the launcher / trainer and stop its whole process tree on SIGTERM / SIGINT / SIGHUP; afterwards no
+    process it started is left. Returns the exit status (128 + signal when stopped by one)."""
+    from common.proctree import become_subreaper, descendants, reap_children, stop_tree
+    become_subreaper()
+    proc = subprocess.Popen(cmd, env=env)
+    received = []
+
+    def forward(signum, frame):
+        if not received:
+            received.append(signum)
+            members = descendants(proc.pid)
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+            # the ranks and their data workers, even those in sessions of their own
+            stop_tree(members, grace=15.0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except InterruptedError:
+            continue
+    # anything the run left behind was adopted by this process (a subreaper): stop it and collect it
+    members = descendants(os.getpid())
+    if members:
+        stop_tree(members, grace=5.0)
+    reap_children()
+    if received:
+        print(f"error: stopped by {signal.Signals(received[0]).name}; every process of the run was ended",
+              file=sys.stderr, flush=True)
+        return 128 + received[0]
+    if code != 0 and log_dir:
+        for rank, line in worker_error_lines(log_dir):
+            print(f"{line} (rank {rank}; full log: {os.path.join(log_dir, 'workerlog.' + rank)})",
+                  file=sys.stderr, flush=True)
+    return code if code >= 0 else 128 - code
+
+
 def main(argv=None):
     # read before anything imports paddle: its import sets OMP_NUM_THREADS=1 when the variable is absent
     requested_threads = os.environ.get("OMP_NUM_THREADS")
@@ -106,10 +199,12 @@ def main(argv=None):
         args = demo_args(mode)
     gpus = visible_gpus()
     nproc = len(gpus) if gpus else max(1, int(os.environ.get("NPROC", "1")))
-    env = dict(os.environ, OMP_NUM_THREADS=worker_threads(nproc, requested_threads))
+    env = dict(os.environ, OMP_NUM_THREADS=worker_threads(nproc, requested_threads),
+               SUITE_COMMAND=f"sh run_{mode}_multi.sh " + " ".join(shlex.quote(a) for a in args))
     cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"))
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
-    return subprocess.call(cmd, env=env)
+    log_dir = cmd[cmd.index("--log_dir") + 1] if "--log_dir" in cmd else None
+    return run_child(cmd, env, log_dir)
 
 
 if __name__ == "__main__":

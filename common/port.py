@@ -5,7 +5,9 @@
 Models come from the ``PORT_SPECS`` of every ``<method>/port_weights.py`` next to ``common/`` (found at run time;
 ``common`` imports no method folder). The source is read without torch and without running pickled code. Exit
 status: 0 ported (and verified if asked), 1 the weights do not fit / verification failed / unreadable file,
-2 bad usage (e.g. unknown model), 3 ``--verify`` asked but torch or the reference model is unavailable.
+2 bad usage (e.g. unknown model), 3 ``--verify`` asked but torch or the reference model is unavailable, 4 the
+destination cannot be written (disk full, read-only), 128 + N stopped by signal N. Every failure is one ``error:``
+line (SUITE_TRACEBACK=1 adds the traceback).
 """
 import argparse
 import importlib
@@ -215,21 +217,24 @@ def verify(spec, flavour, args, fmt, report, model=None, batch=2, tol=1e-5, log=
     return (0 if ok else 1), rel
 
 
+def _port_status(code):
+    """This CLI's documented status for a source that cannot be ported is 1 (the suite-wide 2 for bad input)."""
+    return 1 if code == 2 else code
+
+
 def port_to_file(spec, src, dst, label="", **port_kwargs):
     """`port_file`, then the result written atomically to `dst` and summarised; a bad source is one error line.
     Returns (exit status, port_file's result or None)."""
     from common.checkpoint import atomic_save
-    from common.porting import CheckpointFormatError, PortError, UnsafePickleError
+    from common.errors import report as report_error
+    from common.outdir import check_output_file
     try:
+        check_output_file(dst, "--dst")
         result = port_file(spec, src, **port_kwargs)
-    except UnsafePickleError as e:
-        print(f"error: {src} is not a plain checkpoint and was NOT loaded: {e}", file=sys.stderr)
-        return 1, None
-    except (PortError, CheckpointFormatError, KeyError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1, None
-    ported, report = result[0], result[1]
-    atomic_save(ported, dst)
+        ported, report = result[0], result[1]
+        atomic_save(ported, dst)
+    except (Exception, KeyboardInterrupt) as e:  # the boundary: one error line and the documented exit code
+        return _port_status(report_error(e)), None
     print(report.summary())
     print(f"wrote {dst} ({len(ported)} tensors{label})")
     return 0, result
@@ -265,4 +270,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from common.errors import run_entry
+    sys.exit(run_entry(main))

@@ -1,20 +1,22 @@
 """The body of every `main_multi_gpu.py`: arguments -> config -> model and data -> train or evaluate."""
 import json
+import logging
 import os
 import random
-import sys
+import signal
 
 import numpy as np
 import paddle
 
 from common import dist
-from common.checkpoint import CheckpointMismatchError, load_pretrained
+from common.checkpoint import load_pretrained
 from common.cli import build_parser, config_from_args
-from common.config import ConfigError, save_config
-from common.data.datasets import DataError
-from common.engine.trainer import NonFiniteLossError, Trainer, build_datasets, build_eval_loader, evaluate
+from common.config import config_warnings, save_config
+from common.engine.trainer import Trainer, build_datasets, build_eval_loader, evaluate
+from common.errors import OutputError, RunExistsError, SuiteError, add_error_sink, run_entry
 from common.logger import ScalarWriter, setup_logger
-from common.safe_pickle import UnsafePickleError
+from common.outdir import atomic_write_text, claim_output
+from common.proctree import die_with_parent
 
 
 def seed_everything(seed):
@@ -24,29 +26,71 @@ def seed_everything(seed):
 
 
 def resolve_resume(config):
+    """The checkpoint to resume from. For '-resume auto' rank 0 decides and every rank follows: on nodes without a
+    shared file system the ranks could otherwise split between resuming and starting afresh."""
     path = config.MODEL.RESUME
     if path == "auto":
         candidate = os.path.join(config.SAVE.OUTPUT, "last.pdparams")
-        return candidate if os.path.isfile(candidate) else ""
+        path = candidate if os.path.isfile(candidate) else ""
+        if dist.world_size() > 1:
+            path = dist.all_gather_object(path)[0]
+    if path and not os.path.isfile(path):
+        raise FileNotFoundError(2, "checkpoint to resume from not found" + (
+            " on this node (rank 0 has it)" if config.MODEL.RESUME == "auto" else ""), path)
     return path
+
+
+def claim_output_on_all_ranks(config, logger_info=print):
+    """Rank 0 checks and claims the output folder (writable, not in use, no earlier run unless resumed or started
+    over); every rank then takes the same decision, so a refused run stops everywhere at once."""
+    problem, note = None, ""
+    if dist.rank() == 0:
+        try:
+            note = claim_output(config.SAVE.OUTPUT, training=not config.EVAL.ONLY,
+                                resuming=bool(config.MODEL.RESUME), start_over=config.SAVE.START_OVER)
+        except SuiteError as e:
+            problem = (type(e).__name__, str(e))
+    decided = dist.all_gather_object(problem)[0] if dist.world_size() > 1 else problem
+    if decided:
+        cls = {c.__name__: c for c in (OutputError, RunExistsError)}.get(decided[0], SuiteError)
+        raise cls(decided[1] if dist.rank() == 0 else f"rank 0 refused the output folder: {decided[1]}")
+    return note
+
+
+def _log_errors_to(logger):
+    """The error line also goes to the run's log files (not a second time to the console)."""
+    files = [h for h in logger.handlers if isinstance(h, logging.FileHandler)]
+
+    def write(line):
+        for h in files:
+            h.stream.write(line + "\n")
+            h.flush()
+    add_error_sink(write)
 
 
 def run(method, argv=None):
     """Returns the final validation metrics (dict) on every rank."""
     args = build_parser(f"{method.name}: train or evaluate").parse_args(argv)
+    if "PADDLE_TRAINER_ID" in os.environ:   # a rank of Paddle's launcher: end with it, even if it is killed
+        die_with_parent(signal.SIGTERM)
     config = config_from_args(args, method.get_config())
     device = dist.setup_device()
     threads = dist.set_cpu_threads() if device == "cpu" else None
     dist.init()
     rank = dist.rank()
     out_dir = config.SAVE.OUTPUT
-    os.makedirs(out_dir, exist_ok=True)
+    note = claim_output_on_all_ranks(config)
     logger = setup_logger(out_dir, rank)
+    _log_errors_to(logger)
+    if note:
+        logger.info(note)
     if rank == 0:
         save_config(config, os.path.join(out_dir, "config_eval.yaml" if config.EVAL.ONLY else "config.yaml"))
     where = f"{device} (math threads per process: {threads})" if threads else device
     logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {where}, "
                 f"{dist.world_size()} process(es); output in {out_dir}")
+    for warning in config_warnings(config):
+        logger.info(f"warning: {warning}")
     # the same initial weights on every rank; per-rank randomness is re-derived each epoch
     seed_everything(config.SEED)
     model = method.build_model(config)
@@ -65,8 +109,7 @@ def run(method, argv=None):
         metrics = evaluate(model, method, build_eval_loader(config, val_set), config, device, heads_fn)
         logger.info(Trainer._format_metrics(f"eval on {metrics['count']} images", metrics))
         if rank == 0:
-            with open(os.path.join(out_dir, "eval_metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=1)
+            atomic_write_text(os.path.join(out_dir, "eval_metrics.json"), json.dumps(metrics, indent=1))
         return metrics
 
     method.prepare_training(config, model, logger.info)
@@ -76,6 +119,13 @@ def run(method, argv=None):
     resume = resolve_resume(config)
     if resume:
         trainer.resume(resume)
+    elif config.MODEL.RESUME == "auto":
+        logger.info(f"-resume auto: no checkpoint in {out_dir} yet, starting a new run")
+    if trainer.start_epoch > config.TRAIN.EPOCHS:
+        logger.info(f"nothing to train: the run in {out_dir} already finished {trainer.start_epoch - 1} of "
+                    f"TRAIN.EPOCHS {config.TRAIN.EPOCHS} epochs (best top1 {trainer.best['top1']:.2f} at epoch "
+                    f"{trainer.best['epoch']}); to train longer, resume with a larger TRAIN.EPOCHS")
+        return trainer.last_metrics()
     writer = ScalarWriter(os.path.join(out_dir, "vdl"), config.VISUALDL and rank == 0)
     try:
         return trainer.fit(writer)
@@ -84,12 +134,5 @@ def run(method, argv=None):
 
 
 def main(method, argv=None):
-    """CLI entry: clear one-line errors for bad input instead of tracebacks."""
-    try:
-        run(method, argv)
-    except (ConfigError, DataError, FileNotFoundError, CheckpointMismatchError, UnsafePickleError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+    """CLI entry: every failure becomes one `error:` line and a documented exit code (common/errors.py)."""
+    return run_entry(run, method, argv)

@@ -114,12 +114,8 @@ def blend(image, heat, alpha=0.5, threshold=0.0):
 
 
 def main(argv=None):
-    import paddle
-
-    from common.config import ConfigError
-    from common.data.datasets import DataError, load_rgb
-    from common.inference import add_model_flags, class_names_for, load_model
-    from pim.method import PIMMethod
+    from common.errors import run_entry
+    from common.inference import add_model_flags
 
     p = add_model_flags(argparse.ArgumentParser(description="PIM: class heat map of one image (PNG)"))
     p.add_argument("-image", required=True, help="the image")
@@ -131,43 +127,53 @@ def main(argv=None):
     p.add_argument("-threshold", type=float, default=0.0, help="map values below it are not drawn")
     p.add_argument("-save_map", default="", help="also save the raw [H, W] map (.npy)")
     args = p.parse_args(argv)
-    method = PIMMethod()
-    try:
-        config, model = load_model(method, args)
-        names = class_names_for(config, args.data_path)
-        head = args.head or method.main_head
-        transform = method.eval_transform(config)
-        img = load_rgb(args.image)
-        x = paddle.to_tensor(transform(img)[None])
-        shown = img
-        for step in transform.steps[:-1]:     # the same resize and crop, without normalisation
-            shown = step(shown)
-        with paddle.no_grad():
-            heads = method.eval_heads(model(x))
-        if head not in heads:
-            raise ConfigError(f"-head {head} is not one of {', '.join(heads)}")
-        probs = paddle.nn.functional.softmax(heads[head].astype("float32"), axis=-1)[0].numpy()
-        pred = int(probs.argmax())
-        if args.target_class == "":
-            target = pred
-        elif args.target_class.lstrip("-").isdigit():
-            target = int(args.target_class)
-        elif args.target_class in names:
-            target = names.index(args.target_class)
-        else:
-            raise ConfigError(f"-target_class '{args.target_class}' is neither an index nor a class name")
-        if not 0 <= target < len(names):
-            raise ConfigError(f"-target_class {target} is outside 0..{len(names) - 1}")
-        kind = args.method if args.method != "auto" else ("gradcam" if model.backbone_only else "tokens")
-        heat = class_heatmap(model, x, target, kind, head, method.eval_heads)
-    except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = blend(np.asarray(shown.convert("RGB")), heat, args.alpha, args.threshold)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    Image.fromarray(out).save(args.output)
+    return run_entry(_heatmap, args, exit_on_error=False)
+
+
+def _heatmap(args):
+    import paddle
+
+    from common.config import ConfigError
+    from common.data.datasets import load_rgb
+    from common.inference import class_names_for, load_model
+    from common.outdir import atomic_write, check_output_file
+    from pim.method import PIMMethod
+
+    check_output_file(args.output, "-output")
     if args.save_map:
-        np.save(args.save_map, heat.astype(np.float32))
+        check_output_file(args.save_map, "-save_map")
+    method = PIMMethod()
+    config, model = load_model(method, args)
+    names = class_names_for(config, args.data_path)
+    head = args.head or method.main_head
+    transform = method.eval_transform(config)
+    img = load_rgb(args.image)
+    x = paddle.to_tensor(transform(img)[None])
+    shown = img
+    for step in transform.steps[:-1]:     # the same resize and crop, without normalisation
+        shown = step(shown)
+    with paddle.no_grad():
+        heads = method.eval_heads(model(x))
+    if head not in heads:
+        raise ConfigError(f"-head {head} is not one of {', '.join(heads)}")
+    probs = paddle.nn.functional.softmax(heads[head].astype("float32"), axis=-1)[0].numpy()
+    pred = int(probs.argmax())
+    if args.target_class == "":
+        target = pred
+    elif args.target_class.lstrip("-").isdigit():
+        target = int(args.target_class)
+    elif args.target_class in names:
+        target = names.index(args.target_class)
+    else:
+        raise ConfigError(f"-target_class '{args.target_class}' is neither an index nor a class name")
+    if not 0 <= target < len(names):
+        raise ConfigError(f"-target_class {target} is outside 0..{len(names) - 1}")
+    kind = args.method if args.method != "auto" else ("gradcam" if model.backbone_only else "tokens")
+    heat = class_heatmap(model, x, target, kind, head, method.eval_heads)
+    out = blend(np.asarray(shown.convert("RGB")), heat, args.alpha, args.threshold)
+    atomic_write(args.output, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
+    if args.save_map:
+        atomic_write(args.save_map, lambda tmp: np.save(open(tmp, "wb"), heat.astype(np.float32)))
     print(f"{args.image}: predicted {names[pred]} ({probs[pred]:.3f}, head {head}); map of class "
           f"{names[target]} ({kind}) written to {args.output}")
     return 0

@@ -22,6 +22,8 @@ import numpy as np  # noqa: E402
 
 from common.config import ConfigError  # noqa: E402
 from common.data.datasets import IMG_EXTENSIONS, DataError, Sample  # noqa: E402
+from common.outdir import check_writable  # noqa: E402
+from common.errors import run_entry  # noqa: E402
 from common.inference import add_model_flags, class_names_for, collect_samples, load_model, predict_samples  # noqa
 
 __all__ = ["confusion_matrix", "plot_confusion_matrix", "folder_samples", "main"]
@@ -95,31 +97,32 @@ def write_predictions(path, results, names):
 
 
 def main(argv=None):
-    from pim.method import PIMMethod
-
     p = add_model_flags(argparse.ArgumentParser(description="PIM: predictions (CSV) and a confusion matrix"))
     p.add_argument("-image", required=True, help="list file, folder or image")
     p.add_argument("-output", default="pim_infer", help="output folder")
     p.add_argument("-head", default="", help="head to predict with (default: the model's main head)")
     p.add_argument("-batch_size", type=int, default=32)
     args = p.parse_args(argv)
+    return run_entry(_infer, args, exit_on_error=False)
+
+
+def _infer(args):
+    from pim.method import PIMMethod
+
+    check_writable(args.output)
     method = PIMMethod()
-    try:
-        config, model = load_model(method, args)
-        names = class_names_for(config, args.data_path)
-        if args.head:
-            heads = model.head_names() + [f"highest-{k}" for k in method.highest]
-            if args.head not in heads:
-                raise ConfigError(f"-head {args.head} is not one of {', '.join(heads)}")
-            method.main_head = args.head
-        if os.path.isdir(args.image):
-            samples = folder_samples(args.image, names)
-        else:
-            samples = collect_samples(args.image, args.data_path)
-        results = predict_samples(method, model, config, samples, args.batch_size, topk=1)
-    except (DataError, ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config, model = load_model(method, args)
+    names = class_names_for(config, args.data_path)
+    if args.head:
+        heads = model.head_names() + [f"highest-{k}" for k in method.highest]
+        if args.head not in heads:
+            raise ConfigError(f"-head {args.head} is not one of {', '.join(heads)}")
+        method.main_head = args.head
+    if os.path.isdir(args.image):
+        samples = folder_samples(args.image, names)
+    else:
+        samples = collect_samples(args.image, args.data_path)
+    results = predict_samples(method, model, config, samples, args.batch_size, topk=1)
     os.makedirs(args.output, exist_ok=True)
     csv_path = os.path.join(args.output, "predictions.csv")
     write_predictions(csv_path, results, names)

@@ -71,9 +71,11 @@ def test_corrupt_image_gives_clear_error_or_is_skipped(tree):
     samples = read_list_file(str(tree / "l.txt"), str(tree), num_classes=3)
     with pytest.raises(DataError, match="cannot decode image .*bad.jpg"):
         ImageDataset(samples, lambda im: np.asarray(im))[0]
-    skipping = ImageDataset(samples, lambda im: np.asarray(im), skip_bad_images=True)
+    skipping = ImageDataset(samples, lambda im: np.asarray(im), train=True, skip_bad_images=True)
     image, label = skipping[0]
     assert label == 1 and image.shape == (30, 40, 3)
+    # in evaluation the stand-in is marked (label -1) so that it is never scored twice
+    assert ImageDataset(samples, lambda im: np.asarray(im), skip_bad_images=True)[0][1] == -1
 
 
 def test_images_are_decoded_as_rgb(tree):

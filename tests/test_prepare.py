@@ -703,7 +703,7 @@ def test_command_line(tmp_path):
     load_split(dst, "train_list.txt", 3, train)
     proc = subprocess.run([sys.executable, "-m", "common.prepare", "cub", "--src", str(tmp_path / "nowhere"),
                            "--dst", dst], cwd=REPO, env=env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and "error: --src" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "error: --src" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # Each paper config reads what `python -m common.prepare <dataset> --dst data/<dataset>[_variant]` writes, with the

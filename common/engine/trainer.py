@@ -9,13 +9,14 @@ import numpy as np
 import paddle
 
 from common import dist
-from common.checkpoint import (PADDLE_NAME_TABLE, CheckpointMismatchError, atomic_save, read_checkpoint, rng_state,
+from common.checkpoint import (PADDLE_NAME_TABLE, atomic_save, read_checkpoint, rng_state,
                                set_rng_state, to_tensors)
 from common.data.datasets import (DataError, ImageDataset, check_files_exist, read_class_names, read_list_file,
                                   scan_class_folders)
 from common.data.samplers import EvalBatchSampler, TrainBatchSampler
-from common.engine.ema import ModelEma
+from common.engine.ema import ModelEma, as_float32
 from common.errors import NonFiniteError
+from common.outdir import atomic_write_text
 from common.engine.losses import ClassificationLoss
 from common.engine.lr import build_scheduler
 from common.engine.optim import build_optimizer
@@ -37,6 +38,22 @@ def build_datasets(config, method, train=True, val=True):
     classes = read_class_names(os.path.join(root, d.CLASS_NAMES), num_classes) if d.CLASS_NAMES else None
     meta_fn = method.meta_fn(config)
 
+    def folder_classes():
+        """Class folders: every split takes its labels from classes.txt, else from the training split's folders."""
+        from common.data.datasets import class_folder_names
+        if classes is not None:
+            return classes, os.path.join(root, d.CLASS_NAMES)
+        train_dir = os.path.join(root, d.TRAIN_DIR)
+        if os.path.isdir(train_dir) or train:
+            return class_folder_names(train_dir), f"the training split {train_dir}"
+        # evaluation only, with neither classes.txt nor a training split to name the classes: val's own folders
+        import logging
+        logging.getLogger(__name__).warning(
+            "no %s and no training folder %s: labels are the sorted class folders of %s, which match the model only "
+            "if it was trained on folders with the same names", os.path.join(root, d.CLASS_NAMES or "classes.txt"),
+            train_dir, os.path.join(root, d.VAL_DIR))
+        return None, None
+
     def make(split_list, split_dir, is_train):
         samples = method.read_samples(config, "train" if is_train else "val")
         what = split_list if d.DATASET == "list" else split_dir
@@ -45,9 +62,11 @@ def build_datasets(config, method, train=True, val=True):
         elif d.DATASET == "list":
             samples = read_list_file(os.path.join(root, split_list), root, num_classes)
         elif d.DATASET == "folder":
-            samples, folder_classes = scan_class_folders(os.path.join(root, split_dir), classes)
-            if len(folder_classes) != num_classes:
-                raise DataError(f"{os.path.join(root, split_dir)}: {len(folder_classes)} class folders but "
+            names, source = folder_classes()
+            folder = os.path.join(root, split_dir)
+            samples, found = scan_class_folders(folder, names, source)
+            if len(found) != num_classes:
+                raise DataError(f"{folder if names is None else source}: {len(found)} classes but "
                                 f"MODEL.NUM_CLASSES is {num_classes}")
         else:
             raise DataError(f"DATA.DATASET '{d.DATASET}' is not 'list' or 'folder'")
@@ -63,8 +82,10 @@ def build_datasets(config, method, train=True, val=True):
 
 
 def build_loader(dataset, batch_sampler, num_workers):
-    return paddle.io.DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers,
-                                use_shared_memory=num_workers > 0)
+    """The suite's loader (common/data/loader.py): a bad sample ends the run with its DataError at once, with 0 or
+    N workers, and no data worker outlives the process."""
+    from common.data.loader import build_loader as suite_loader
+    return suite_loader(dataset, batch_sampler, num_workers)
 
 
 def eval_batch_size(config):
@@ -88,16 +109,25 @@ def amp_context(config, device):
     return paddle.amp.auto_cast(enable=True, level=config.AMP.LEVEL, dtype=config.AMP.DTYPE)
 
 
+def _finite_rows(logits):
+    """[N] bool: rows whose logits are all finite."""
+    return paddle.isfinite(logits).all(axis=1)
+
+
 @paddle.no_grad()
 def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
     """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size.
-    `heads_fn(images, extras) -> {head: logits}` replaces the dygraph forward (e.g. an exported predictor)."""
+    `heads_fn(images, extras) -> {head: logits}` replaces the dygraph forward (e.g. an exported predictor).
+
+    Rows with label -1 (an unreadable image replaced under DATA.SKIP_BAD_IMAGES) are not scored; their number is
+    reported as 'skipped'. Any non-finite logit (NaN / inf weights, an overflow) stops evaluation on every rank with
+    NonFiniteLossError: top-k of NaN is arbitrary and must never be counted as a prediction."""
     model.eval()
     num_classes = config.MODEL.NUM_CLASSES
     ks = sorted({min(int(k), num_classes) for k in config.EVAL.TOPK}) or [min(5, num_classes)]
-    width = 2 + len(ks)  # per head: top-1 hits, loss sum, then hits within each top-k
+    width = 3 + len(ks)  # per head: top-1 hits, loss sum, non-finite rows, then hits within each top-k
     counts, names = None, None
-    total = 0
+    total, skipped = 0, 0
     for batch in loader:
         images, labels, extras = split_batch(batch)
         if heads_fn is not None:
@@ -109,30 +139,51 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
         if names is None:
             names = list(heads)
             counts = np.zeros((len(names), width), dtype="float64")
+        keep = labels >= 0
+        n_keep = int(keep.astype("int64").sum())
+        skipped += int(labels.shape[0]) - n_keep
+        if n_keep < int(labels.shape[0]):
+            index = paddle.nonzero(keep).reshape([-1])
+            labels = paddle.gather(labels, index)
+            heads = {k: paddle.gather(v, index) for k, v in heads.items()}
+        if n_keep == 0:
+            continue
         for i, name in enumerate(names):
             logits = heads[name].astype("float32")
+            finite = _finite_rows(logits)
+            bad = n_keep - int(finite.astype("int64").sum())
+            counts[i, 2] += bad
+            if bad:
+                continue  # this run stops after the all-reduce below; nothing of it is scored
             top = paddle.topk(logits, max(ks), axis=1)[1]
             hit = (top == labels.unsqueeze(1)).astype("float64")
             counts[i, 0] += float(hit[:, 0].sum())
             counts[i, 1] += float(eval_loss_sum(logits, labels))
             for j, k in enumerate(ks):
-                counts[i, 2 + j] += float(hit[:, :k].sum())
-        total += int(labels.shape[0])
+                counts[i, 3 + j] += float(hit[:, :k].sum())
+        total += n_keep
     # A rank with no samples (val set smaller than the world) does not know the model's head names; take them from
     # a rank that does, so every rank sums a vector of the same layout.
     known = [n for n in dist.all_gather_object(names) if n is not None]
     names = known[0] if known else [method.main_head]
     if counts is None:
         counts = np.zeros((len(names), width), dtype="float64")
-    summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total]]))
-    n = summed[-1]
-    per_head = summed[:-1].reshape(len(names), width)
+    summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total, skipped]]))
+    n, n_skipped = summed[-2], int(summed[-1])
+    per_head = summed[:-2].reshape(len(names), width)
+    nonfinite = {name: int(row[2]) for name, row in zip(names, per_head) if row[2] > 0}
+    if nonfinite:
+        what = ", ".join(f"head '{h}': {c} of {int(n)} images" for h, c in nonfinite.items())
+        raise NonFiniteLossError(f"evaluation: non-finite logits ({what}); the model's weights hold NaN / inf or "
+                                 f"its activations overflow, so no accuracy is reported")
     metrics = {"count": int(n)}
+    if n_skipped:
+        metrics["skipped"] = n_skipped
     for name, row in zip(names, per_head):
         prefix = "" if name == method.main_head else f"{name}/"
         metrics[f"{prefix}top1"] = 100.0 * row[0] / max(n, 1)
         for j, k in enumerate(ks):
-            metrics[f"{prefix}top{k}"] = 100.0 * row[2 + j] / max(n, 1)
+            metrics[f"{prefix}top{k}"] = 100.0 * row[3 + j] / max(n, 1)
         metrics[f"{prefix}loss"] = row[1] / max(n, 1)
         metrics[f"{prefix}correct"] = int(row[0])
     return metrics
@@ -165,6 +216,18 @@ def _rename_opt_state(state, mapping):
     return out
 
 
+def output_tensors(outputs, prefix="logits"):
+    """[(name, tensor)] for every floating tensor in a model's outputs (a tensor, or nested dicts / lists)."""
+    if isinstance(outputs, paddle.Tensor):
+        return [(prefix, outputs)] if outputs.dtype in (paddle.float16, paddle.bfloat16, paddle.float32,
+                                                        paddle.float64) else []
+    if isinstance(outputs, dict):
+        return [item for k, v in outputs.items() for item in output_tensors(v, f"output '{k}'")]
+    if isinstance(outputs, (list, tuple)):
+        return [item for i, v in enumerate(outputs) for item in output_tensors(v, f"{prefix}[{i}]")]
+    return []
+
+
 class Trainer:
     def __init__(self, config, method, model, out_dir, logger, device):
         self.config = config
@@ -180,6 +243,7 @@ class Trainer:
         self.global_step = 0
         self.nonfinite_streak = 0
         self.history = []
+        self.saved_epochs = []          # numbered checkpoints this run wrote (the only ones pruning may remove)
 
     # ----- setup
     def setup(self, train_set, val_set):
@@ -199,7 +263,7 @@ class Trainer:
                                          multi_precision=amp_o2)
         if amp_o2:
             self.model, self.optimizer = paddle.amp.decorate(models=self.model, optimizers=self.optimizer,
-                                                             level="O2", dtype=cfg.AMP.DTYPE)
+                                                             level="O2", dtype=cfg.AMP.DTYPE, save_dtype="float32")
         self.scaler = None
         if cfg.AMP.ENABLE and cfg.AMP.DTYPE == "float16":
             self.scaler = paddle.amp.GradScaler(init_loss_scaling=cfg.AMP.INIT_SCALE)
@@ -226,7 +290,9 @@ class Trainer:
     # ----- checkpoints
     def checkpoint_state(self, epoch):
         return {
-            "model": self.model.state_dict(),
+            # weights a user receives are float32, whatever the training precision (AMP O2 keeps float16 / bfloat16
+            # parameters; the optimizer's float32 master weights are in its own state)
+            "model": {k: as_float32(v) for k, v in self.model.state_dict().items()},
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": _rename_opt_state(self.optimizer.state_dict(), _param_name_map(self.model)),
             "lr_scheduler": self.scheduler.state_dict(),
@@ -235,6 +301,7 @@ class Trainer:
             "global_step": self.global_step,
             "best": dict(self.best),
             "history": list(self.history),
+            "saved_epochs": list(self.saved_epochs),
             "rng": rng_state(),
             "world_size": self.world,
             "config": self.config.dump(),
@@ -244,40 +311,50 @@ class Trainer:
         if self.rank != 0:
             return
         cfg = self.config.SAVE
+        numbered = cfg.FREQ > 0 and (epoch % cfg.FREQ == 0 or epoch == self.config.TRAIN.EPOCHS)
+        if numbered:
+            self.saved_epochs.append(epoch)
         state = self.checkpoint_state(epoch)
-        last = os.path.join(self.out_dir, "last.pdparams")
-        atomic_save(state, last)
-        if cfg.FREQ > 0 and (epoch % cfg.FREQ == 0 or epoch == self.config.TRAIN.EPOCHS):
+        atomic_save(state, os.path.join(self.out_dir, "last.pdparams"))
+        if numbered:
             atomic_save(state, os.path.join(self.out_dir, f"epoch_{epoch}.pdparams"))
             self._prune_epoch_checkpoints()
         if is_best:
             atomic_save(state, os.path.join(self.out_dir, "best.pdparams"))
 
     def _prune_epoch_checkpoints(self):
+        """Keep the newest SAVE.KEEP numbered checkpoints of this run (its own list, carried through resumes):
+        files of any other run in the folder are never touched."""
         keep = self.config.SAVE.KEEP
         if keep <= 0:
             return
-        found = []
-        for f in os.listdir(self.out_dir):
-            if f.startswith("epoch_") and f.endswith(".pdparams"):
-                try:
-                    found.append((int(f[6:-9]), f))
-                except ValueError:
-                    pass
-        for _, f in sorted(found)[:-keep]:
-            os.remove(os.path.join(self.out_dir, f))
+        for epoch in self.saved_epochs[:-keep]:
+            path = os.path.join(self.out_dir, f"epoch_{epoch}.pdparams")
+            if os.path.exists(path):
+                os.remove(path)
+        self.saved_epochs = self.saved_epochs[-keep:]
+
+    def last_metrics(self):
+        """The newest validation metrics in the history (a finished run that is resumed has nothing to train)."""
+        for record in reversed(self.history):
+            vals = {k[4:]: v for k, v in record.items() if k.startswith("val_") and not k.startswith("val_ema_")}
+            if vals:
+                return vals
+        return {}
 
     def resume(self, path):
+        """Restore a training checkpoint; everything is checked against this run first (model, optimizer kind and
+        state, LR schedule, random states), so a checkpoint that does not fit changes nothing."""
+        from common.checkpoint import check_training_checkpoint
         state = read_checkpoint(path)
-        if not isinstance(state, dict) or "optimizer" not in state or "model" not in state:
-            raise CheckpointMismatchError(f"{path} is not a training checkpoint (no optimizer state); use "
-                                          "-pretrained to load weights only")
-        from common.checkpoint import check_state_dict
-        usable, _ = check_state_dict(self.model, state["model"])
-        self.model.set_state_dict(usable)
+        checked = check_training_checkpoint(path, state, self.model, self.optimizer, self.scheduler, self.config,
+                                            ema=self.ema is not None)
+        for note in checked["notes"]:
+            self.log(note)
+        self.model.set_state_dict(checked["model"])
         if self.ema is not None:
-            if state.get("ema"):
-                self.ema.set_state_dict(state["ema"])
+            if checked["ema"] is not None:
+                self.ema.set_state_dict(checked["ema"])
             else:
                 self.log("checkpoint has no EMA weights; EMA restarts from the current model")
                 self.ema = ModelEma(self.model, self.config.EMA.DECAY)
@@ -288,11 +365,12 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(to_tensors(state["scaler"]))
         self.start_epoch = int(state["epoch"]) + 1
-        self.global_step = int(state.get("global_step", 0))
+        self.global_step = int(state.get("global_step") or 0)
         self.best = dict(state.get("best") or self.best)
         self.history = list(state.get("history") or [])
+        self.saved_epochs = [int(e) for e in state.get("saved_epochs") or []]
         set_rng_state(state.get("rng"))
-        if int(state.get("world_size", self.world)) != self.world:
+        if int(state.get("world_size") or self.world) != self.world:
             self.log(f"note: checkpoint was written with {state['world_size']} process(es), resuming with "
                      f"{self.world}; the data order differs from an uninterrupted run")
         self.log(f"resumed from {path}: epoch {state['epoch']} done, continuing at epoch {self.start_epoch}")
@@ -306,19 +384,24 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         return np.random.default_rng([seed, epoch, self.rank])
 
-    def _check_finite(self, loss, epoch, it):
-        bad = 0.0 if bool(paddle.isfinite(loss).all()) else 1.0
-        bad_anywhere = dist.all_reduce_max([bad])[0] > 0  # every rank takes the same decision
-        if not bad_anywhere:
+    def _check_finite(self, loss, outputs, epoch, it):
+        """The loss and every output tensor finite, decided the same on every rank (one host sync). A non-finite
+        loss or output skips the step; MAX_NONFINITE in a row stop the run naming what was non-finite. The outputs
+        are checked too because Paddle's CPU cross-entropy turns all-NaN logits into a finite ln(C)."""
+        named = [("loss", loss)] + output_tensors(outputs)
+        flags = paddle.stack([paddle.logical_not(paddle.isfinite(t.astype("float32")).all()) for _, t in named])
+        bad = dist.all_reduce_max(flags.astype("float64").numpy())  # every rank takes the same decision
+        if not bad.any():
             return True
+        what = ", ".join(name for (name, _), b in zip(named, bad) if b > 0)
         self.nonfinite_streak += 1
         limit = self.config.TRAIN.MAX_NONFINITE
-        self.log(f"epoch {epoch} iter {it}: non-finite loss ({self.nonfinite_streak} in a row); step skipped")
+        self.log(f"epoch {epoch} iter {it}: non-finite {what} ({self.nonfinite_streak} in a row); step skipped")
         if self.nonfinite_streak >= limit:
             raise NonFiniteLossError(
-                f"the loss was non-finite {self.nonfinite_streak} times in a row (epoch {epoch}, iteration {it}); "
-                f"stopping. Lower TRAIN.BASE_LR, set TRAIN.GRAD_CLIP, or check the data. The last good checkpoint "
-                f"is in {self.out_dir}")
+                f"non-finite {self.nonfinite_streak} times in a row ({what}; epoch {epoch}, iteration {it}); "
+                f"stopping. Lower TRAIN.BASE_LR, set TRAIN.GRAD_CLIP, or check the data and the starting weights. "
+                f"The last good checkpoint is in {self.out_dir}")
         return False
 
     def train_one_epoch(self, epoch):
@@ -346,7 +429,7 @@ class Trainer:
                 with amp_context(cfg, self.device):
                     outputs = self.method.forward(model, images, extras)
                 loss, terms = self.method.loss(self.criterion, outputs, targets, self.model)
-                finite = self._check_finite(loss, epoch, it)
+                finite = self._check_finite(loss, outputs, epoch, it)
                 if finite or self.scaler is not None:
                     # under fp16 loss scaling the scaler sees the inf/nan gradients, skips the step and lowers the
                     # scale; without it we drop this micro-batch ourselves
@@ -431,11 +514,8 @@ class Trainer:
         return last_metrics
 
     def _write_metrics(self):
-        path = os.path.join(self.out_dir, "metrics.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"history": self.history, "best": self.best}, f, indent=1)
-        os.replace(tmp, path)
+        atomic_write_text(os.path.join(self.out_dir, "metrics.json"),
+                          json.dumps({"history": self.history, "best": self.best}, indent=1))
 
     @staticmethod
     def _format_metrics(prefix, m):

@@ -18,18 +18,20 @@ been read (the stream format stores the data after the pickle), with every size,
 the storage so that a crafted file cannot make numpy read outside a buffer.
 """
 import argparse
-import codecs
 import collections
 import io
 import json
 import os
+import pickle
 import struct
 import zipfile
+import zlib
 
 import numpy as np
 
 from common.errors import SuiteError
-from common.safe_pickle import RestrictedUnpickler, UnsafePickleError, load_paddle_file
+from common.safe_pickle import (KEEP, CheckpointFormatError, RestrictedUnpickler, UnsafePickleError, damaged_message,
+                                 load_paddle_file, rebuild, short_repr, with_path)
 
 __all__ = [
     "CheckpointFormatError", "UnsafePickleError", "checkpoint_format", "read_torch_checkpoint", "read_safetensors",
@@ -41,9 +43,15 @@ LEGACY_PROTOCOL_VERSION = 1001
 # the magic number as the first pickle spells it (opcode LONG1, 10 bytes, little-endian), whatever the protocol
 _LEGACY_MAGIC_BYTES = b"\x8a\x0a" + LEGACY_MAGIC_NUMBER.to_bytes(10, "little", signed=True)
 
-
-class CheckpointFormatError(SuiteError, ValueError):
-    """The file is not a checkpoint this reader understands, or it is damaged."""
+# Limits on what a file may make the reader allocate (bounded by the bytes actually present):
+MAX_ZIP_RATIO = 200             # an archive member may decompress to at most this many times its compressed size ...
+ZIP_RATIO_FLOOR = 64 << 20      # ... when it is larger than this
+EXPAND_FACTOR = 16              # a view (stride 0, overlapping strides) may have this many times its storage's
+EXPAND_FLOOR = 1 << 20          # elements, or this many, whichever is more ...
+EXPAND_CAP = 1 << 28            # ... and never more than this (2**28 elements: 1 GiB of float32)
+OUTPUT_FACTOR = 8               # all tensors together: at most this many bytes per byte of file ...
+OUTPUT_FLOOR = 256 << 20        # ... plus this (views of one storage are each copied out)
+MAX_DIMS = 32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -113,7 +121,7 @@ class _StorageView:
 
     def __init__(self, root, key, offset, numel):
         for v in (offset, numel):
-            if not isinstance(v, int) or v < 0:
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise CheckpointFormatError(f"storage view '{key}': bad offset/size {offset}, {numel}")
         self.root, self.key, self.offset, self.numel = root, key, offset, numel
         self.np_dtype = root.np_dtype
@@ -133,6 +141,8 @@ class _TensorRef:
     def __init__(self, storage, offset, size, stride, np_dtype=None):
         if not isinstance(storage, (_StorageRef, _StorageView)):
             raise CheckpointFormatError(f"tensor rebuild got {type(storage).__name__} where a storage belongs")
+        if type(size) not in (tuple, list) or type(stride) not in (tuple, list) or len(size) > MAX_DIMS:
+            raise CheckpointFormatError(f"tensor rebuild: bad size/stride {short_repr(size)}, {short_repr(stride)}")
         size, stride = tuple(size), tuple(stride)
         if len(size) != len(stride):
             raise CheckpointFormatError(f"tensor rebuild: size {size} and stride {stride} differ in length")
@@ -159,7 +169,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, bac
                        metadata=None):
     # used for dtypes without a legacy storage class: the storage is untyped (bytes) and `dtype` says how to read it
     if not isinstance(dtype, TorchDType):
-        raise CheckpointFormatError(f"tensor rebuild got {dtype!r} where a torch dtype belongs")
+        raise CheckpointFormatError(f"tensor rebuild got {short_repr(dtype)} where a torch dtype belongs")
     return _TensorRef(storage, storage_offset, size, stride, np_dtype=("dtype", dtype))
 
 
@@ -184,30 +194,24 @@ _TENSOR_REBUILDS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _re
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     # written for tensors that carry Python attributes; the attributes are irrelevant for weights
-    if func not in _TENSOR_REBUILDS:
-        raise UnsafePickleError(f"refusing to call {getattr(func, '__name__', func)!r} from _rebuild_from_type_v2")
+    if not any(func is f for f in _TENSOR_REBUILDS):
+        raise UnsafePickleError(f"refusing to call {short_repr(func)} from _rebuild_from_type_v2")
+    if type(args) is not tuple:
+        raise CheckpointFormatError(f"_rebuild_from_type_v2 arguments {short_repr(args)}")
     return func(*args)
 
 
-_PLAIN_TEXT_CODECS = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8", "ascii"}
-
-
-def _codecs_encode(text, encoding="utf-8", errors="strict"):
-    # protocol-2 pickles spell bytes objects as _codecs.encode(str, 'latin1'); only plain text codecs are allowed
-    # (the name is checked before any codec lookup, which could import codec modules)
-    if not isinstance(encoding, str) or encoding.lower().replace("_", "-") not in _PLAIN_TEXT_CODECS:
-        raise UnsafePickleError(f"refusing '_codecs.encode' with encoding {encoding!r}")
-    if not isinstance(text, str):
-        raise UnsafePickleError("refusing '_codecs.encode' of a non-string")
-    return codecs.encode(text, encoding, errors)
-
-
-def _torch_size(*args):
-    return tuple(*args)
+def _torch_size(dims=()):
+    if type(dims) not in (list, tuple) or len(dims) > MAX_DIMS or \
+            any(not isinstance(d, int) or isinstance(d, bool) for d in dims):
+        raise CheckpointFormatError(f"torch.Size of {short_repr(dims)}")
+    return tuple(dims)
 
 
 def _torch_device(*args):
-    return ":".join(str(a) for a in args)
+    if len(args) > 2 or any(not isinstance(a, (str, int)) or isinstance(a, bool) for a in args):
+        raise CheckpointFormatError(f"torch.device of {short_repr(args)}")
+    return ":".join(str(a)[:64] for a in args)
 
 
 def _torch_allowed():
@@ -225,7 +229,6 @@ def _torch_allowed():
         ("torch", "Size"): _torch_size,
         ("torch", "device"): _torch_device,
         ("collections", "OrderedDict"): collections.OrderedDict,
-        ("_codecs", "encode"): _codecs_encode,
         # training scripts often store their argparse namespace next to the weights; it only holds attributes
         ("argparse", "Namespace"): argparse.Namespace,
     }
@@ -247,7 +250,8 @@ def _bf16_to_float32(u16):
     return (u16.astype(np.uint32) << 16).view(np.float32)
 
 
-def _tensor_to_numpy(ref, keep_dtype):
+def _tensor_to_numpy(ref, keep_dtype, charge=None):
+    """Copy a tensor out of its storage; `charge(nbytes, key)` is told the size of the copy before it is made."""
     storage = ref.storage
     if storage.array is None:
         raise CheckpointFormatError(f"storage '{storage.key}' was named but its data is missing from the file")
@@ -265,7 +269,22 @@ def _tensor_to_numpy(ref, keep_dtype):
     elif np_dtype is None:
         raise CheckpointFormatError(f"storage '{storage.key}' holds a dtype the reader does not support "
                                     f"(quantized tensors are not supported)")
-    if any(n == 0 for n in ref.size):
+    numel = 1
+    for n in ref.size:
+        numel *= n
+    if numel > buf.size:
+        # more elements than the storage holds: only a view that repeats elements (stride 0, overlapping strides),
+        # as `expand` makes, and only a modest one; a crafted file could ask for 10**9 copies of one number
+        limit = min(max(EXPAND_FACTOR * buf.size, EXPAND_FLOOR), EXPAND_CAP)
+        if numel > limit:
+            raise CheckpointFormatError(
+                f"tensor of size {ref.size} (stride {ref.stride}) has {numel} elements but its storage "
+                f"'{storage.key}' holds only {buf.size}; a view repeating its storage is accepted up to {limit} "
+                f"elements ({EXPAND_FACTOR}x the storage or {EXPAND_FLOOR}, at most {EXPAND_CAP})")
+    out_item = 4 if np_dtype == _BF16 or (buf.dtype == np.float16 and not keep_dtype) else buf.dtype.itemsize
+    if charge is not None:
+        charge(numel * out_item, storage.key)
+    if numel == 0:
         out = np.zeros(ref.size, dtype=buf.dtype)
     else:
         last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
@@ -285,35 +304,34 @@ def _tensor_to_numpy(ref, keep_dtype):
     return out
 
 
-def _storage_to_numpy(storage, keep_dtype):
+def _storage_to_numpy(storage, keep_dtype, charge=None):
     ref = _TensorRef(storage, 0, (storage.numel,), (1,))
-    return _tensor_to_numpy(ref, keep_dtype)
+    return _tensor_to_numpy(ref, keep_dtype, charge)
 
 
-def _materialize(obj, keep_dtype, memo=None):
-    """Replace every tensor/storage reference inside `obj` by a numpy array (containers rebuilt, same types)."""
-    if memo is None:
-        memo = {}
-    if id(obj) in memo:
-        return memo[id(obj)]
-    if isinstance(obj, _TensorRef):
-        out = _tensor_to_numpy(obj, keep_dtype)
-    elif isinstance(obj, (_StorageRef, _StorageView)):
-        out = _storage_to_numpy(obj, keep_dtype)
-    elif isinstance(obj, dict):
-        out = type(obj)() if type(obj) in (dict, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _materialize(v, keep_dtype, memo)
-    elif isinstance(obj, list):
-        out = [_materialize(v, keep_dtype, memo) for v in obj]
-    elif isinstance(obj, tuple):
-        out = tuple(_materialize(v, keep_dtype, memo) for v in obj)
-    elif isinstance(obj, argparse.Namespace):
-        out = argparse.Namespace(**{k: _materialize(v, keep_dtype, memo) for k, v in vars(obj).items()})
-    else:
-        out = obj
-    memo[id(obj)] = out
-    return out
+def _materialize(obj, keep_dtype, what="checkpoint", file_size=0):
+    """Replace every tensor/storage reference inside `obj` by a numpy array (containers rebuilt, same types).
+
+    Iterative and linear in the file (see `common.safe_pickle.rebuild`); the arrays copied out may take at most
+    `OUTPUT_FACTOR` x `file_size` + `OUTPUT_FLOOR` bytes in all (many tensors can view one storage)."""
+    budget = OUTPUT_FACTOR * file_size + OUTPUT_FLOOR
+    left = [budget]
+
+    def charge(nbytes, key):
+        left[0] -= nbytes
+        if left[0] < 0:
+            raise CheckpointFormatError(
+                f"{what}: its tensors would take more than {budget >> 20} MiB, out of proportion to the file's "
+                f"{file_size} bytes (tensors copying the same storage '{key}' over and over?)")
+
+    def convert(x):
+        if isinstance(x, _TensorRef):
+            return _tensor_to_numpy(x, keep_dtype, charge)
+        if isinstance(x, (_StorageRef, _StorageView)):
+            return _storage_to_numpy(x, keep_dtype, charge)
+        return KEEP
+
+    return rebuild(obj, convert, what)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,7 +339,7 @@ def _materialize(obj, keep_dtype, memo=None):
 
 def _storage_np_dtype(storage_type):
     if not isinstance(storage_type, StorageType):
-        raise CheckpointFormatError(f"storage reference names {storage_type!r}, not a torch storage type")
+        raise CheckpointFormatError(f"storage reference names {short_repr(storage_type)}, not a torch storage type")
     return storage_type.np_dtype
 
 
@@ -348,50 +366,93 @@ def _zip_root(names):
     if not roots:
         raise CheckpointFormatError("zip archive without data.pkl: not a torch.save checkpoint")
     if len(roots) > 1:
-        raise CheckpointFormatError(f"zip archive with several data.pkl records: {roots}")
+        raise CheckpointFormatError(f"zip archive with several data.pkl records: {short_repr(roots)}")
     return roots[0]
+
+
+def _zip_member(zf, name, path):
+    """The archive member's info, refusing one that claims to decompress to far more than it takes (a zip bomb:
+    reads stop at the claimed size, so the claim bounds what reading it can allocate)."""
+    info = zf.getinfo(name)
+    if info.file_size > ZIP_RATIO_FLOOR and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+        raise CheckpointFormatError(
+            f"{path}: archive member '{name}' claims {info.file_size} bytes from {info.compress_size} compressed "
+            f"(more than {MAX_ZIP_RATIO}x): refusing a zip bomb")
+    return info
+
+
+def _storage_key(key):
+    if isinstance(key, bytes):
+        key = key.decode("ascii", "replace")
+    if not isinstance(key, str) or not key or len(key) > 256:
+        raise CheckpointFormatError(f"storage key {short_repr(key)} is not a short name")
+    return key
+
+
+def _element_count(numel, key):
+    if not isinstance(numel, int) or isinstance(numel, bool) or numel < 0:
+        raise CheckpointFormatError(f"storage '{key}': bad element count {short_repr(numel)}")
+    return numel
 
 
 def _read_torch_zip(path, keep_dtype):
     with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
+        names = set(zf.namelist())
         root = _zip_root(names)
         big_endian = False
         if root + "byteorder" in names:
-            order = zf.read(root + "byteorder").decode("ascii", "replace").strip()
+            _zip_member(zf, root + "byteorder", path)
+            with zf.open(root + "byteorder") as bf:
+                order = bf.read(16).decode("ascii", "replace").strip()
             if order not in ("little", "big"):
-                raise CheckpointFormatError(f"unknown byte order record {order!r}")
+                raise CheckpointFormatError(f"{path}: unknown byte order record {order!r}")
             big_endian = order == "big"
         storages = {}
+        archive_size = os.path.getsize(path)
+        read = {"packed": 0, "unpacked": 0}  # all storage records together, checked like one member
 
         def persistent_load(pid):
             if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] not in ("storage", b"storage"):
-                raise CheckpointFormatError(f"unexpected persistent id in data.pkl: {pid!r:.200}")
+                raise CheckpointFormatError(f"{path}: unexpected persistent id in data.pkl: {short_repr(pid)}")
             _, storage_type, key, _location, numel = pid
-            key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+            key = _storage_key(key)
             if key in storages:
                 return storages[key]
             np_dtype = _storage_np_dtype(storage_type)
-            if not isinstance(numel, int) or numel < 0:
-                raise CheckpointFormatError(f"storage '{key}': bad element count {numel!r}")
+            numel = _element_count(numel, key)
             record = f"{root}data/{key}"
             if record not in names:
-                raise CheckpointFormatError(f"storage record '{record}' is missing from the archive")
+                raise CheckpointFormatError(f"{path}: storage record '{record}' is missing from the archive")
+            info = _zip_member(zf, record, path)
+            need = numel * _item_size(np_dtype)
+            if need > info.file_size:
+                raise CheckpointFormatError(
+                    f"{path}: storage '{key}' claims {numel} elements ({need} bytes) but its record holds "
+                    f"{info.file_size} bytes")
+            read["packed"] += info.compress_size
+            read["unpacked"] += need
+            if read["packed"] > archive_size or (read["unpacked"] > ZIP_RATIO_FLOOR and
+                                                 read["unpacked"] > MAX_ZIP_RATIO * max(read["packed"], 1)):
+                raise CheckpointFormatError(
+                    f"{path}: its storage records claim {read['unpacked']} bytes from {read['packed']} compressed in "
+                    f"a {archive_size}-byte archive (overlapping or over-compressed members): refusing a zip bomb")
             ref = _StorageRef(key, np_dtype, numel)
             with zf.open(record) as rf:
-                data = rf.read(numel * _item_size(np_dtype))
+                data = rf.read(need)
             ref.array = _buffer_to_array(data, np_dtype, numel, key, big_endian)
             storages[key] = ref
             return ref
 
+        _zip_member(zf, root + "data.pkl", path)
         with zf.open(root + "data.pkl") as f:
             data = f.read()
         obj = RestrictedUnpickler(io.BytesIO(data), allowed=TORCH_ALLOWED, persistent_load=persistent_load,
                                   encoding="latin1").load()
-    return _materialize(obj, keep_dtype)
+    return _materialize(obj, keep_dtype, path, os.path.getsize(path))
 
 
 def _read_torch_legacy(path, keep_dtype):
+    file_size = os.path.getsize(path)
     with open(path, "rb") as f:
         def small_pickle():
             return RestrictedUnpickler(f, allowed=TORCH_ALLOWED, encoding="latin1").load()
@@ -401,7 +462,7 @@ def _read_torch_legacy(path, keep_dtype):
             raise CheckpointFormatError(f"{path}: not a torch checkpoint (bad magic number)")
         protocol = small_pickle()
         if protocol != LEGACY_PROTOCOL_VERSION:
-            raise CheckpointFormatError(f"{path}: unsupported torch legacy protocol {protocol!r}")
+            raise CheckpointFormatError(f"{path}: unsupported torch legacy protocol {short_repr(protocol)}")
         sys_info = small_pickle()
         if not isinstance(sys_info, dict):
             raise CheckpointFormatError(f"{path}: damaged torch checkpoint (no system-info record)")
@@ -410,18 +471,19 @@ def _read_torch_legacy(path, keep_dtype):
 
         def persistent_load(pid):
             if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage") or len(pid) != 6:
-                raise CheckpointFormatError(f"unexpected persistent id in checkpoint: {pid!r:.200}")
+                raise CheckpointFormatError(f"{path}: unexpected persistent id in checkpoint: {short_repr(pid)}")
             _, storage_type, key, _location, numel, view = pid
-            key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+            key = _storage_key(key)
             np_dtype = _storage_np_dtype(storage_type)
-            if not isinstance(numel, int) or numel < 0:
-                raise CheckpointFormatError(f"storage '{key}': bad element count {numel!r}")
+            numel = _element_count(numel, key)
             root = storages.setdefault(key, _StorageRef(key, np_dtype, numel))
             if view is None:
                 return root
             # very old writers could reference a slice of a storage: (view key, offset, size)
+            if type(view) is not tuple or len(view) != 3:
+                raise CheckpointFormatError(f"{path}: bad storage view {short_repr(view)}")
             view_key, offset, size = view
-            return _StorageView(root, str(view_key), offset, size)
+            return _StorageView(root, _storage_key(view_key), offset, size)
 
         obj = RestrictedUnpickler(f, allowed=TORCH_ALLOWED, persistent_load=persistent_load,
                                   encoding="latin1").load()
@@ -429,7 +491,7 @@ def _read_torch_legacy(path, keep_dtype):
         if not isinstance(keys, list):
             raise CheckpointFormatError(f"{path}: storage key list missing after the pickle")
         for key in keys:
-            key = key.decode("ascii") if isinstance(key, bytes) else str(key)
+            key = _storage_key(key)
             if key not in storages:
                 raise CheckpointFormatError(f"{path}: data for storage '{key}' that the pickle never named")
             ref = storages[key]
@@ -440,11 +502,14 @@ def _read_torch_legacy(path, keep_dtype):
             if count != ref.numel:
                 raise CheckpointFormatError(f"{path}: storage '{key}' has {count} elements, {ref.numel} expected")
             nbytes = count * _item_size(ref.np_dtype)
+            if nbytes > file_size - f.tell():  # checked before reading: read(n) allocates n bytes up front
+                raise CheckpointFormatError(f"{path}: truncated inside storage '{key}' ({nbytes} bytes claimed, "
+                                            f"{file_size - f.tell()} left in the file)")
             data = f.read(nbytes)
             if len(data) != nbytes:
                 raise CheckpointFormatError(f"{path}: truncated inside storage '{key}'")
             ref.array = _buffer_to_array(data, ref.np_dtype, count, key)
-    return _materialize(obj, keep_dtype)
+    return _materialize(obj, keep_dtype, path, file_size)
 
 
 def read_torch_checkpoint(path, keep_dtype=False):
@@ -455,10 +520,16 @@ def read_torch_checkpoint(path, keep_dtype=False):
     containers, and :class:`CheckpointFormatError` for damaged or unknown files.
     """
     fmt = checkpoint_format(path)
-    if fmt == "torch_zip":
-        return _read_torch_zip(path, keep_dtype)
-    if fmt == "torch_legacy":
-        return _read_torch_legacy(path, keep_dtype)
+    if fmt in ("torch_zip", "torch_legacy"):
+        reader = _read_torch_zip if fmt == "torch_zip" else _read_torch_legacy
+        try:
+            return reader(path, keep_dtype)
+        except SuiteError as e:
+            raise with_path(e, path) from None
+        except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, struct.error, UnicodeDecodeError, OverflowError, NotImplementedError,
+                zlib.error) as e:
+            raise CheckpointFormatError(damaged_message(path, e)) from e
     if fmt == "torch_tar":
         raise CheckpointFormatError(f"{path}: the tar format of torch < 0.4 is not supported; re-save it with a "
                                     f"current torch")
@@ -486,35 +557,75 @@ def _safetensors_header(f, file_size):
         header = json.loads(f.read(n).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise CheckpointFormatError(f"safetensors header is not valid JSON: {e}") from e
+    except RecursionError:
+        raise CheckpointFormatError("safetensors header nests too deeply") from None
     if not isinstance(header, dict):
         raise CheckpointFormatError("safetensors header is not a JSON object")
     return header, 8 + n
 
 
+def _whole(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _safetensors_entry(name, info, data_len):
+    """(numpy dtype, shape, begin, end) of one header entry, every field checked before anything is allocated."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointFormatError(f"safetensors entry '{name}' is malformed (needs dtype, shape and data_offsets): "
+                                    f"{short_repr(info)}")
+    dtype_name, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype_name, str):
+        raise CheckpointFormatError(f"safetensors entry '{name}': dtype {short_repr(dtype_name)} is not a string")
+    if dtype_name not in _ST_DTYPES:
+        raise CheckpointFormatError(f"safetensors entry '{name}' has unsupported dtype {dtype_name[:40]}")
+    if not isinstance(shape, list) or len(shape) > MAX_DIMS or not all(_whole(d) and d >= 0 for d in shape):
+        raise CheckpointFormatError(f"safetensors entry '{name}': shape {short_repr(shape)} is not a list of whole "
+                                    f"numbers >= 0")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_whole(v) for v in offsets):
+        raise CheckpointFormatError(f"safetensors entry '{name}': data_offsets {short_repr(offsets)} is not a list "
+                                    f"of two whole numbers")
+    np_dtype = _ST_DTYPES[dtype_name]
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * _item_size(np_dtype)
+    begin, end = offsets
+    if nbytes > data_len:
+        raise CheckpointFormatError(f"safetensors entry '{name}': {dtype_name}{shape} needs {nbytes} bytes, more than "
+                                    f"the whole data section ({data_len} bytes)")
+    if not (0 <= begin <= end <= data_len) or end - begin != nbytes:
+        raise CheckpointFormatError(f"safetensors entry '{name}' has bad data offsets {[begin, end]} for "
+                                    f"{dtype_name}{shape} (data section {data_len} bytes)")
+    return np_dtype, tuple(shape), begin, end
+
+
 def read_safetensors(path, keep_dtype=False, return_metadata=False):
     """Read a ``.safetensors`` file into {name: ndarray} (same dtype rules as :func:`read_torch_checkpoint`)."""
+    try:
+        return _read_safetensors(path, keep_dtype, return_metadata)
+    except CheckpointFormatError as e:
+        raise with_path(e, path) from None
+
+
+def _read_safetensors(path, keep_dtype, return_metadata):
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         header, data_start = _safetensors_header(f, size)
         data = f.read()
     metadata = header.pop("__metadata__", None)
+    if metadata is not None and (not isinstance(metadata, dict) or
+                                 not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise CheckpointFormatError(f"{path}: safetensors __metadata__ must map text to text, got "
+                                    f"{short_repr(metadata)}")
+    entries = {name: _safetensors_entry(name[:200], info, len(data)) for name, info in header.items()}
+    # tensors may not share bytes: overlapping entries would let a small file stand for many copies of its data
+    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin)
+    for (_, end_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b < end_a:
+            raise CheckpointFormatError(f"{path}: safetensors entries '{a[:200]}' and '{b[:200]}' overlap")
     out = {}
-    for name, info in header.items():
-        try:
-            dtype_name, shape, (begin, end) = info["dtype"], info["shape"], info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointFormatError(f"safetensors entry '{name}' is malformed: {info!r:.200}") from None
-        if dtype_name not in _ST_DTYPES:
-            raise CheckpointFormatError(f"safetensors entry '{name}' has unsupported dtype {dtype_name}")
-        np_dtype = _ST_DTYPES[dtype_name]
-        shape = tuple(shape)
-        if any(not isinstance(d, int) or d < 0 for d in shape):
-            raise CheckpointFormatError(f"safetensors entry '{name}' has a bad shape {shape}")
-        numel = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        item = _item_size(np_dtype)
-        if not (0 <= begin <= end <= len(data)) or end - begin != numel * item:
-            raise CheckpointFormatError(f"safetensors entry '{name}' has bad data offsets {[begin, end]} for "
-                                        f"{dtype_name}{list(shape)} (data section {len(data)} bytes)")
+    for name, (np_dtype, shape, begin, end) in entries.items():
+        numel = (end - begin) // _item_size(np_dtype)
         arr = np.frombuffer(data, dtype="<u2" if np_dtype == _BF16 else np_dtype, count=numel, offset=begin)
         arr = arr.reshape(shape).astype(arr.dtype.newbyteorder("="), copy=True)
         if np_dtype == _BF16:
@@ -586,6 +697,8 @@ def load_checkpoint_any(path, keep_dtype=False, return_format=False):
         obj = read_safetensors(path, keep_dtype=keep_dtype)
     elif fmt == "pickle":
         obj = load_paddle_file(path)
+    elif os.path.getsize(path) == 0:
+        raise CheckpointFormatError(f"{path} is damaged or not a checkpoint (the file is empty)")
     else:
         raise CheckpointFormatError(f"{path}: unknown checkpoint format (not a torch zip/stream file, safetensors "
                                     f"or a pickle)")
@@ -612,7 +725,7 @@ def _is_state_dict(obj):
 
 def _describe(obj):
     if isinstance(obj, dict):
-        return "{" + ", ".join(f"{k!r}: {_short_type(v)}" for k, v in list(obj.items())[:20]) + \
+        return "{" + ", ".join(f"{short_repr(k, 60)}: {_short_type(v)}" for k, v in list(obj.items())[:20]) + \
             (", ..." if len(obj) > 20 else "") + "}"
     return _short_type(obj)
 

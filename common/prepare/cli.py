@@ -3,7 +3,7 @@ import argparse
 import os
 import sys
 
-from common.data.datasets import DataError
+from common.errors import run_entry
 
 from . import birds, folders, inat, vehicles
 from .core import PrepareError, check_dst, write_prepared
@@ -79,9 +79,9 @@ def prepare(dataset, src, dst, skip_missing=False, link=False, **options):
 def main(argv=None):
     args = vars(build_parser().parse_args(argv))
     dataset, src, dst = args.pop("dataset"), args.pop("src"), args.pop("dst")
-    try:
-        prepare(dataset, src, dst, **args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return run_entry(_prepare_status, dataset, src, dst, args, exit_on_error=False)
+
+
+def _prepare_status(dataset, src, dst, options):
+    prepare(dataset, src, dst, **options)
     return 0

@@ -1,0 +1,83 @@
+"""The launcher's process tree: a signal stops every process of the run, a failing rank ends the run and its own
+error line reaches the console."""
+import os
+import signal
+import subprocess
+import time
+
+from common import launch
+from common.proctree import alive, descendants
+from tests.helpers import REPO, TINY_RESMLP, env
+
+DEMO_CFG = os.path.join(REPO, "configs", "resmlp", "demo.yaml")
+
+
+def wait_for(predicate, timeout, step=0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
+
+
+def test_the_demo_resumes_instead_of_overwriting(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "REPO", str(tmp_path))
+    os.makedirs(tmp_path / "configs" / "resmlp")
+    args = launch.demo_args("train")
+    assert args[args.index("-resume") + 1] == "auto"
+
+
+def test_sigterm_to_the_launcher_stops_every_process_of_the_run(small_demo, tmp_path):
+    out = str(tmp_path / "run")
+    cmd = ["sh", "run_train_multi.sh", "-cfg", DEMO_CFG, "-data_path", small_demo, "-output", out, "-batch_size", "8",
+           "-opts", *TINY_RESMLP, "DATA.NUM_WORKERS", "1", "TRAIN.EPOCHS", "500"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env(NPROC=2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        log0 = os.path.join(out, "log.txt")
+        assert wait_for(lambda: os.path.exists(log0) and "iter" in open(log0).read(), 300), "training never started"
+        members = descendants(proc.pid)
+        # the launcher, two ranks and a data worker each
+        assert len(members) >= 5, members
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "stopped by SIGTERM" in err
+    assert wait_for(lambda: not any(alive(p, s) for p, s in members), 10), \
+        [p for p, s in members if alive(p, s)]
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+
+def test_a_failing_rank_ends_the_run_and_its_error_reaches_the_console(small_demo, tmp_path):
+    import shutil
+    data = str(tmp_path / "data")
+    shutil.copytree(small_demo, data)
+    with open(os.path.join(data, "val_list.txt")) as f:
+        lines = [line for line in f if line.strip()]
+    bad = lines[1].split()[0]              # index 1: read by rank 1 of 2 (rank r takes r, r + 2, ...)
+    with open(os.path.join(data, bad), "wb") as f:
+        f.write(b"not an image at all")
+    ckpt_dir = str(tmp_path / "ck")
+    cmd = ["sh", "run_eval_multi.sh", "-cfg", DEMO_CFG, "-data_path", data, "-output", str(tmp_path / "ev"),
+           "-opts", *TINY_RESMLP]
+    # any weights of the right shape: a fresh model saved by hand
+    from resmlp.method import ResMLPMethod
+    from common.cli import build_parser, config_from_args
+    import paddle
+    config = config_from_args(build_parser().parse_args(["-cfg", DEMO_CFG, "-opts", *TINY_RESMLP]),
+                              ResMLPMethod().get_config())
+    os.makedirs(ckpt_dir)
+    ckpt = os.path.join(ckpt_dir, "w.pdparams")
+    paddle.save(ResMLPMethod().build_model(config).state_dict(), ckpt)
+    start = time.time()
+    proc = subprocess.run(cmd + ["-pretrained", ckpt], cwd=REPO, env=env(NPROC=2), capture_output=True, text=True,
+                          timeout=240)
+    elapsed = time.time() - start
+    assert proc.returncode != 0
+    assert elapsed < 120, elapsed
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") and "(rank 1" in line]
+    assert lines and bad.split("/")[-1] in lines[0], proc.stderr[-3000:]
