@@ -14,7 +14,7 @@ import paddle
 
 from common.errors import SuiteError
 from common.outdir import atomic_write
-from common.porting.reader import _safetensors_header, checkpoint_format
+from common.porting.reader import PADDLE_NAME_TABLE, _safetensors_header, checkpoint_format
 from common.safe_pickle import KEEP, CheckpointFormatError, load_paddle_file, rebuild, short_repr
 
 
@@ -74,7 +74,35 @@ def read_checkpoint(path):
     return load_paddle_file(path)
 
 
-PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+def resolve_checkpoint_path(path):
+    """A PaddleViT habit: `-pretrained run/best` names run/best.pdparams when `run/best` itself does not exist."""
+    if path and path != "auto" and not os.path.exists(path) and os.path.isfile(path + ".pdparams"):
+        return path + ".pdparams"
+    return path
+
+
+def checkpoint_meta(method_name, config, class_names=None):
+    """What a checkpoint says about itself besides the config text: the method, the model, the classes."""
+    return {"method": method_name, "model_name": config.MODEL.NAME, "num_classes": int(config.MODEL.NUM_CLASSES),
+            "class_names": [str(n) for n in class_names] if class_names else None}
+
+
+def stored_run_info(obj):
+    """(config text or None, meta dict or None) of a checkpoint object read by `read_checkpoint`: a training
+    checkpoint of this suite carries both, a plain state dict (ported weights) neither. Both are data from a file,
+    so only well-formed entries are returned."""
+    if not isinstance(obj, dict):
+        return None, None
+    text = obj.get("config") if isinstance(obj.get("config"), str) else None
+    meta = obj.get("meta") if isinstance(obj.get("meta"), dict) else None
+    if meta is not None:
+        names = meta.get("class_names")
+        meta = {"method": meta.get("method") if isinstance(meta.get("method"), str) else None,
+                "model_name": meta.get("model_name") if isinstance(meta.get("model_name"), str) else None,
+                "num_classes": meta.get("num_classes") if isinstance(meta.get("num_classes"), int) else None,
+                "class_names": [str(n) for n in names] if isinstance(names, (list, tuple)) and
+                all(isinstance(n, str) for n in names) else None}
+    return text, meta
 
 
 def extract_model_state(obj, prefer_ema=False):
@@ -106,7 +134,19 @@ def _what(v):
         type(v).__name__
 
 
-def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None):
+def _head_hint(model, wrong, missing):
+    """When only the classifier misfits: how to fit it (another class count, or a new head for fine-tuning)."""
+    head = set(model.classifier_keys()) if hasattr(model, "classifier_keys") else set()
+    misfits = {k for k, _, _ in wrong} | set(missing)
+    if not head or not misfits or not misfits <= head:
+        return None
+    counts = sorted({a[-1] for k, a, _ in wrong if a})
+    theirs = f" ({counts[0]} classes)" if len(counts) == 1 else ""
+    return (f"only the classifier differs: set MODEL.NUM_CLASSES to the checkpoint's class count{theirs}, or, to "
+            f"fine-tune to new classes, keep a new classifier with -opts MODEL.PRETRAINED_NEW_HEAD True")
+
+
+def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None, head_hint=False):
     """Compare a state dict with the model: returns (usable dict, skipped keys) or raises naming every misfit.
 
     Values must be arrays of numbers; each is cast to the dtype of the model entry it loads into (float64 weights
@@ -137,6 +177,9 @@ def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None):
             lines.append(f"unexpected keys ({len(unexpected)}): {_names(unexpected)}")
         if wrong:
             lines.append("shape mismatch: " + ", ".join(f"{k} checkpoint {a} vs model {b}" for k, a, b in wrong[:20]))
+        hint = _head_hint(model, wrong, missing) if head_hint and not (unexpected or bad) else None
+        if hint:
+            lines.append(hint)
         raise CheckpointMismatchError(f"{name} does not fit the model:\n  " + "\n  ".join(lines))
     skipped = [k for k in skip_keys if k in expected and (k not in state or tuple(state[k].shape) != expected[k])]
     usable, casts = {}, {}
@@ -162,17 +205,24 @@ def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None):
 
 def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print):
     """Load weights only. With `new_head`, classifier weights that are absent or of another shape are left as
-    initialised (fine-tuning to a new class count); anything else that does not fit is an error."""
-    state = extract_model_state(read_checkpoint(path), prefer_ema)
+    initialised (fine-tuning to a new class count); anything else that does not fit is an error. With
+    `prefer_ema` (EVAL.USE_EMA, -use_ema) the checkpoint's EMA weights are loaded, and a checkpoint without them
+    is an error."""
+    obj = read_checkpoint(path)
+    if prefer_ema and not (isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and obj["ema"]):
+        raise CheckpointMismatchError(
+            f"{path} holds no EMA weights (EVAL.USE_EMA / -use_ema): it was trained without EMA.ENABLE True, or it "
+            f"holds plain weights; leave out -use_ema to use its weights")
+    state = extract_model_state(obj, prefer_ema)
     head = model.classifier_keys() if new_head and hasattr(model, "classifier_keys") else []
     notes = []
-    usable, skipped = check_state_dict(model, state, head, name=f"pretrained {path}", notes=notes)
+    usable, skipped = check_state_dict(model, state, head, name=f"pretrained {path}", notes=notes, head_hint=True)
     model.set_state_dict(usable)
     for note in notes:
         log(note)
     if skipped:
         log(f"pretrained {path}: kept the new classifier ({', '.join(skipped)}) instead of the checkpoint's")
-    log(f"loaded pretrained weights from {path} ({len(usable)} tensors)")
+    log(f"loaded pretrained {'EMA ' if prefer_ema else ''}weights from {path} ({len(usable)} tensors)")
     return skipped
 
 

@@ -58,6 +58,8 @@ def get_default_config():
     _C.AUG.MIXUP_MODE = "batch"
 
     _C.MODEL = CN()
+    _C.MODEL.METHOD = ""                # the method folder (resmlp, dynamic_mlp, pim, transfer), set by its config.py;
+                                        # recorded in config.yaml and checkpoints, read by the launcher
     _C.MODEL.TYPE = ""
     _C.MODEL.NAME = ""
     _C.MODEL.NUM_CLASSES = 1000
@@ -66,6 +68,7 @@ def get_default_config():
     _C.MODEL.PRETRAINED = ""
     _C.MODEL.PRETRAINED_NEW_HEAD = False  # skip classifier weights whose shape differs (fine-tuning to new classes)
     _C.MODEL.RESUME = ""
+    _C.MODEL.SYNC_BN = False            # BatchNorm statistics over all processes (SyncBatchNorm; GPUs only, see README)
 
     _C.TRAIN = CN()
     _C.TRAIN.EPOCHS = 300
@@ -102,6 +105,11 @@ def get_default_config():
     _C.AMP.DTYPE = "float16"            # 'float16' | 'bfloat16'
     _C.AMP.INIT_SCALE = 65536.0
 
+    _C.DIST = CN()
+    # DataParallel(find_unused_parameters): None or 'auto' (the default): True when the method says this configuration
+    # leaves parameters out of every output of the model (Method.has_unused_parameters); True / False: forced
+    _C.DIST.FIND_UNUSED_PARAMETERS = None
+
     _C.EVAL = CN()
     _C.EVAL.ONLY = False
     _C.EVAL.FREQ = 1                    # epochs between evaluations
@@ -109,6 +117,8 @@ def get_default_config():
                                         # class count)
     _C.EVAL.PREDICTOR = False           # -eval through the exported model in Paddle Inference (the fast path; main
                                         # head only); False: the dygraph model
+    _C.EVAL.USE_EMA = False             # -eval / predict / export take the EMA weights of the -pretrained checkpoint
+                                        # (-use_ema); a checkpoint without EMA weights is an error
 
     _C.SAVE = CN()
     _C.SAVE.OUTPUT = "./output"
@@ -332,6 +342,8 @@ VALUE_RULES = {
     "AMP.DTYPE": one_of("float16", "bfloat16"),
     "AMP.INIT_SCALE": lambda v: None if _finite(v) and v > 0 else "must be a number > 0",
     "EVAL.FREQ": at_least(1),
+    "DIST.FIND_UNUSED_PARAMETERS": lambda v: None if v is None or v is True or v is False or v == "auto" else (
+        f"must be True, False or 'auto' (None: auto), got {v!r}"),
     "SAVE.FREQ": at_least(0),
     "SAVE.KEEP": at_least(0),
     "SEED": at_least(0),

@@ -34,9 +34,10 @@ def setup_device():
 
 
 def cpu_threads():
-    """Math threads for one CPU process: OMP_NUM_THREADS when set (the launcher sets cores / processes), else the
-    cores this process may use divided by the processes on this node."""
-    env = os.environ.get("OMP_NUM_THREADS", "")
+    """Math threads for one CPU process: OMP_NUM_THREADS when the user (or the launcher: cores / processes) set it
+    before Paddle was imported, else the cores this process may use divided by the processes on this node."""
+    import common
+    env = (common.USER_OMP_NUM_THREADS or "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

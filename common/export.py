@@ -2,7 +2,9 @@
 
 Writes DIR/model.json + DIR/model.pdiparams (`paddle.jit.save` of the eval-mode model, returning the logits of the
 method's main head) and DIR/inference.json with everything preprocessing needs (size, resize, crop_pct,
-interpolation, mean, std, class names, the inputs). With -onnx, also DIR/model.onnx through paddle2onnx.
+interpolation, mean, std, class names, the inputs), the method, the model name, the class count and the resolved
+config (`config`, yaml text). With -onnx, also DIR/model.onnx through paddle2onnx. -cfg may be left out for a
+checkpoint of this suite (its stored config is used); -use_ema exports its EMA weights.
 `common.deploy.ExportedClassifier` loads either.
 """
 import argparse
@@ -74,6 +76,7 @@ def export_model(method, config, model, out_dir, names=None, onnx=False, opset=1
     paddle.jit.save(static, prefix)
     meta = preprocessing(config, names or [str(i) for i in range(config.MODEL.NUM_CLASSES)])
     meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head,
+                 "config": config.dump(),
                  "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("paddle.", "")}
                             for s in specs]})
     graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"

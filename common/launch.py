@@ -4,6 +4,11 @@
 With no flags at all, the demo job runs: the built-in demo data is written when missing, and a small ResMLP trains
 on it (train) or its last checkpoint is evaluated (eval).
 
+The method (which <method>/main_multi_gpu.py runs) is METHOD when set, else MODEL.METHOD of the -cfg file (or of
+its BASE files), else the method a -resume / -pretrained checkpoint records, else the folder of the -cfg path
+(configs/<method>/...), else resmlp. `-ngpus N` (PaddleViT) takes the first N visible GPUs, or on a machine
+without GPUs starts N CPU processes (as NPROC=N); it is not passed on.
+
 Environment: NPROC (CPU processes when no GPU; default 1), GPUS (devices by their CUDA_VISIBLE_DEVICES entry or by
 position among the visible ones; default all visible), IPS (comma-separated node addresses for multi-node runs),
 OMP_NUM_THREADS (default: cores / processes).
@@ -38,12 +43,99 @@ def method_of(cfg_path):
     for part in reversed(parts[:-1]):
         if part in METHODS:
             return part
-    raise SystemExit(f"error: cannot tell the method from config path '{cfg_path}' (expected "
+    raise LaunchError(f"error: cannot tell the method from config path '{cfg_path}' (expected "
                      f"configs/<{'|'.join(METHODS)}>/...); set METHOD=<name>")
 
 
 class LaunchError(SystemExit):
-    pass
+    """Bad input to the launcher: the message is printed as one `error:` line and the exit code is 2."""
+
+
+def method_in_config(path, _depth=0):
+    """MODEL.METHOD of a yaml config (a run's config.yaml records it), else of the files its BASE list includes;
+    None when none says (a file that cannot be read is left to the trainer to report)."""
+    from common.config import _read_yaml
+    from common.errors import SuiteError
+    try:
+        data = _read_yaml(path)
+    except (SuiteError, OSError):
+        return None
+    model = data.get("MODEL")
+    found = model.get("METHOD") if isinstance(model, dict) else None
+    if isinstance(found, str) and found:
+        return found
+    for base in (data.get("BASE") or []) if _depth < 8 and isinstance(data.get("BASE"), list) else []:
+        if isinstance(base, str) and base:
+            found = method_in_config(os.path.join(os.path.dirname(os.path.abspath(path)), base), _depth + 1)
+            if found:
+                return found
+    return None
+
+
+def checkpoint_flag(args):
+    """The checkpoint the run is given: -resume X (not 'auto'), else -pretrained X (extension optional)."""
+    from common.checkpoint import resolve_checkpoint_path
+    resume = flag_value(args, "-resume")
+    path = resume if resume and resume != "auto" else flag_value(args, "-pretrained")
+    return resolve_checkpoint_path(path) if path else None
+
+
+def method_in_checkpoint(path):
+    """The method a checkpoint of this suite records (its meta, or MODEL.METHOD of its stored config), read with
+    the safe reader; None for plain weights or a file that cannot be read (the trainer reports that)."""
+    from common.cli import read_stored_config, stored_method
+    from common.errors import SuiteError
+    if not path or not os.path.isfile(path):
+        return None
+    try:
+        return stored_method(*read_stored_config(path))
+    except (SuiteError, OSError):
+        return None
+
+
+def method_for(args):
+    """METHOD, else -cfg's MODEL.METHOD, else the checkpoint's, else the -cfg folder rule, else resmlp."""
+    if os.environ.get("METHOD"):
+        return os.environ["METHOD"]
+    cfg = flag_value(args, "-cfg")
+    found, source = (method_in_config(cfg), f"-cfg {cfg}") if cfg else (None, None)
+    if not found:
+        ckpt = checkpoint_flag(args)
+        found, source = method_in_checkpoint(ckpt), f"checkpoint {ckpt}"
+    if found and found not in METHODS:
+        raise LaunchError(f"error: {source} names MODEL.METHOD '{found}', not one of {', '.join(METHODS)}")
+    return found or (method_of(cfg) if cfg else "resmlp")
+
+
+def output_of(mode, args):
+    """The folder the run writes to (for the launcher's logs): -output, else the checkpoint's folder when its
+    stored config stands in for -cfg, else ./output; an evaluation into a folder that holds a training run (or the
+    evaluated checkpoint) writes into its eval/ subfolder (as common/runner.py decides)."""
+    from common.outdir import holds_run
+    out, ckpt = flag_value(args, "-output"), checkpoint_flag(args)
+    if out is None and ckpt and not flag_value(args, "-cfg") and (mode == "eval" or flag_value(args, "-resume")):
+        out = os.path.dirname(os.path.abspath(ckpt))
+    out = out or "output"
+    pretrained = flag_value(args, "-pretrained")
+    if mode == "eval" and ((os.path.isdir(out) and holds_run(out)) or (
+            pretrained and os.path.dirname(os.path.abspath(pretrained)) == os.path.abspath(out))):
+        out = os.path.join(out, "eval")
+    return out
+
+
+def take_ngpus(args):
+    """(args without -ngpus N, N or None)."""
+    args, n = list(args), None
+    for i, a in enumerate(args):
+        if a == "-ngpus" or a.startswith("-ngpus="):
+            value = a.partition("=")[2] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            try:
+                n = int(value)
+            except ValueError:
+                raise LaunchError(f"error: -ngpus takes a number of processes, got '{value}'") from None
+            del args[i:i + (1 if "=" in a else 2)]
+            break
+    return args, n
 
 
 def visible_labels(cvd, count):
@@ -94,14 +186,13 @@ def demo_args(mode):
     if mode == "eval":
         ckpt = os.path.join(output, "last.pdparams")
         if not os.path.isfile(ckpt):
-            raise SystemExit(f"error: no demo checkpoint at {ckpt}; run 'sh run_train_multi.sh' first")
+            raise LaunchError(f"error: no demo checkpoint at {ckpt}; run 'sh run_train_multi.sh' first")
         args = ["-cfg", cfg, "-data_path", data, "-output", output + "_eval", "-eval", "-pretrained", ckpt]
     return args
 
 
 def build_command(mode, args, gpus, nproc, ips=None):
-    cfg = flag_value(args, "-cfg")
-    method = os.environ.get("METHOD") or (method_of(cfg) if cfg else "resmlp")
+    method = method_for(args)
     script = os.path.join(REPO, method, "main_multi_gpu.py")
     if mode == "eval" and "-eval" not in args:
         args = args + ["-eval"]
@@ -113,8 +204,29 @@ def build_command(mode, args, gpus, nproc, ips=None):
         launch = [sys.executable]
     if ips and len(launch) > 1:
         launch += ["--ips", ips]
+        # Paddle places this node in --ips by resolving its own host name; where /etc/hosts maps that name to
+        # 127.0.1.1 (Debian / Ubuntu) the address is not in the list and every node silently takes ranks 0..n-1.
+        # So name the listed IPv4 address this machine holds (one a socket can bind to) as --host; POD_IP (Paddle's
+        # own variable for it) or a host name in the list leaves the choice to Paddle.
+        def holds(address):
+            import ipaddress
+            import socket
+            try:
+                if ipaddress.ip_address(address).version != 4:
+                    return False
+            except ValueError:
+                return False
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((address, 0))
+                    return True
+                except OSError:
+                    return False
+        own = [a.strip() for a in ips.split(",") if holds(a.strip())]
+        if own and not os.environ.get("POD_IP"):
+            launch += ["--host", own[0]]
     if len(launch) > 1:
-        launch += ["--log_dir", os.path.join(flag_value(args, "-output") or "output", "launch_logs")]
+        launch += ["--log_dir", os.path.join(output_of(mode, args), "launch_logs")]
     return launch + [script] + list(args)
 
 
@@ -189,18 +301,42 @@ def run_child(cmd, env, log_dir=None):
 
 
 def main(argv=None):
+    try:
+        return launch(argv)
+    except LaunchError as e:
+        print(str(e), file=sys.stderr, flush=True)
+        return 2
+
+
+def process_count():
+    value = os.environ.get("NPROC", "1").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise LaunchError(f"error: NPROC={value} is not a positive number of CPU processes")
+    return int(value)
+
+
+def launch(argv=None):
     # read before anything imports paddle: its import sets OMP_NUM_THREADS=1 when the variable is absent
     requested_threads = os.environ.get("OMP_NUM_THREADS")
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("train", "eval"):
-        raise SystemExit("usage: python -m common.launch {train|eval} [main_multi_gpu.py flags]")
+        raise LaunchError("error: usage: python -m common.launch {train|eval} [main_multi_gpu.py flags]")
     mode, args = argv[0], argv[1:]
     if not args:
         args = demo_args(mode)
+    typed = list(args)
+    args, ngpus = take_ngpus(args)
     gpus = visible_gpus()
-    nproc = len(gpus) if gpus else max(1, int(os.environ.get("NPROC", "1")))
+    nproc = len(gpus) if gpus else process_count()
+    if ngpus is not None and ngpus > 0:     # PaddleViT's -ngpus (-1 or 0: all visible)
+        if gpus and ngpus > len(gpus):
+            raise LaunchError(f"error: -ngpus {ngpus}: only {len(gpus)} GPU(s) are visible ({','.join(gpus)})")
+        if not gpus:
+            print(f"note: -ngpus {ngpus} on a machine without a usable GPU: {ngpus} CPU process(es), as NPROC={ngpus}",
+                  flush=True)
+        gpus, nproc = gpus[:ngpus], ngpus
     env = dict(os.environ, OMP_NUM_THREADS=worker_threads(nproc, requested_threads),
-               SUITE_COMMAND=f"sh run_{mode}_multi.sh " + " ".join(shlex.quote(a) for a in args))
+               SUITE_COMMAND=f"sh run_{mode}_multi.sh " + " ".join(shlex.quote(a) for a in typed))
     cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"))
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     log_dir = cmd[cmd.index("--log_dir") + 1] if "--log_dir" in cmd else None

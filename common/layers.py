@@ -62,6 +62,32 @@ def bilinear_matrix(in_size, out_size):
     return m.astype("float32")
 
 
+class _MatrixCache:
+    """Interpolation matrices as device tensors, built once per (input size, output size, dtype, place): the FPN
+    resizes the same shapes every step, and rebuilding meant numpy work plus a host-to-device copy per call."""
+
+    def __init__(self, limit=64):
+        self.limit, self.store, self.hits, self.misses = limit, {}, 0, 0
+
+    def get(self, in_size, out_size, like):
+        if not paddle.in_dynamic_mode():   # tracing for export: the matrix becomes a constant of the program
+            return paddle.to_tensor(bilinear_matrix(in_size, out_size).T, dtype=like.dtype)
+        key = (int(in_size), int(out_size), str(like.dtype), str(like.place))
+        m = self.store.get(key)
+        if m is None:
+            self.misses += 1
+            if len(self.store) >= self.limit:
+                self.store.clear()
+            m = paddle.to_tensor(bilinear_matrix(in_size, out_size).T, dtype=like.dtype, place=like.place)
+            self.store[key] = m
+        else:
+            self.hits += 1
+        return m
+
+
+RESIZE_MATRICES = _MatrixCache()
+
+
 def resize_bilinear(x, size):
     """Bilinear resize of [N, C, H, W] to `size` (align_corners=False) as two 2-D matrix products, one per axis.
     Same result as F.interpolate(mode="bilinear") up to float rounding. Written this way for exported models:
@@ -70,8 +96,8 @@ def resize_bilinear(x, size):
     error on PIM's FPN), while 2-D products are exact there."""
     _, c, h, w = x.shape
     out_h, out_w = [int(s) for s in size]
-    cols = paddle.to_tensor(bilinear_matrix(w, out_w).T, dtype=x.dtype)     # [w, out_w]
-    rows = paddle.to_tensor(bilinear_matrix(h, out_h).T, dtype=x.dtype)     # [h, out_h]
+    cols = RESIZE_MATRICES.get(w, out_w, x)     # [w, out_w]
+    rows = RESIZE_MATRICES.get(h, out_h, x)     # [h, out_h]
     y = paddle.matmul(x.reshape([-1, w]), cols).reshape([-1, c, h, out_w]).transpose([0, 1, 3, 2])
     y = paddle.matmul(y.reshape([-1, h]), rows).reshape([-1, c, out_w, out_h])
     return y.transpose([0, 1, 3, 2])

@@ -1,8 +1,9 @@
 """What a method folder tells the shared engine. The defaults describe a plain image classifier; a method
 overrides only what differs (extra inputs, several heads, its own loss terms)."""
+import paddle
 import paddle.nn.functional as F
 
-from common.config import get_default_config
+from common.config import ConfigError, get_default_config
 from common.data.transforms import build_eval_transform, build_train_transform
 
 
@@ -60,6 +61,55 @@ class ClassificationMethod:
     def mixup_extras(self, config):
         """Whether mixup mixes the extra inputs (metadata) along with the images."""
         return True
+
+    def has_unused_parameters(self, config):
+        """Whether this configuration leaves trainable parameters out of the model's outputs (e.g. a branch the
+        method skips in training); with several processes DataParallel then needs find_unused_parameters=True
+        (DIST.FIND_UNUSED_PARAMETERS 'auto' asks this, after `prepare_training`). Paddle's reducer traverses the
+        graph from every output of the model, so that flag does not cover parameters that feed an output the loss
+        leaves out (a head with loss weight 0): freeze those in `prepare_training` (stop_gradient), as PIM does."""
+        return False
+
+    def sync_batchnorm(self, model):
+        """Replace the model's BatchNorm layers by paddle.nn.SyncBatchNorm in place (MODEL.SYNC_BN). Returns (names
+        converted, names kept): only Paddle's own BatchNorm classes are converted; a subclass with a forward of its
+        own (e.g. PIM's token-wise BatchNorm) is kept per-process, since SyncBatchNorm would drop that forward."""
+        return convert_sync_batchnorm(model)
+
+
+# the layers paddle.nn.SyncBatchNorm stands in for (subclasses excepted: their forward may differ)
+BATCH_NORMS = (paddle.nn.BatchNorm1D, paddle.nn.BatchNorm2D, paddle.nn.BatchNorm3D)
+
+
+def convert_sync_batchnorm(model):
+    """(converted, kept) sublayer names; see `ClassificationMethod.sync_batchnorm`. The SyncBatchNorm layers take
+    over the same weight, bias and running-statistics tensors (Paddle's convert_sync_batchnorm), so an optimizer
+    built before, the EMA and the checkpoint keys are unaffected."""
+    converted, kept = [], []
+
+    def walk(layer, prefix):
+        for name, child in list(layer.named_children()):
+            path = f"{prefix}{name}"
+            if type(child) in BATCH_NORMS:
+                layer.add_sublayer(name, paddle.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+                converted.append(path)
+            elif isinstance(child, (paddle.nn.layer.norm._BatchNormBase, paddle.nn.BatchNorm)) and \
+                    not isinstance(child, paddle.nn.SyncBatchNorm):
+                kept.append(path)
+            else:
+                walk(child, path + ".")
+    walk(model, "")
+    return converted, kept
+
+
+def find_unused_parameters(config, method):
+    """DataParallel's find_unused_parameters from DIST.FIND_UNUSED_PARAMETERS: None / 'auto' ask the method."""
+    value = config.DIST.FIND_UNUSED_PARAMETERS
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return bool(method.has_unused_parameters(config))
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"DIST.FIND_UNUSED_PARAMETERS {value!r}: must be auto, True or False")
 
 
 def eval_loss_sum(logits, labels):

@@ -6,6 +6,7 @@ from common.config import get_default_config
 
 def get_config():
     c = get_default_config()
+    c.MODEL.METHOD = "dynamic_mlp"
     c.MODEL.TYPE = "DynamicMLP"
     c.MODEL.NAME = "resnet50_dynamic_mlp_c"   # see dynamic_mlp/model.py MODELS; *_image_only for no metadata
     c.MODEL.NUM_CLASSES = 10000

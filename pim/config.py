@@ -11,6 +11,7 @@ from common.config import get_default_config
 
 def get_config():
     c = get_default_config()
+    c.MODEL.METHOD = "pim"
     c.MODEL.TYPE = "PIM"
     c.MODEL.NAME = "swin_large_patch4_window12_384"  # the backbone; see pim/model.py BACKBONES
     c.MODEL.NUM_CLASSES = 200

@@ -1,7 +1,11 @@
-"""PIM heat map: where a trained model sees a chosen class in one image, blended over the image, saved as PNG.
+"""PIM heat map: where a trained model sees a chosen class in an image. One PNG per image: original | map | overlay
+side by side at the shown image's own resolution (the model's resized and cropped view), titled with the class
+name and its probability, with the map's colour bar.
 
     python pim/heatmap.py -cfg configs/pim/cub_swin_large_384.yaml -pretrained best.pdparams \\
         -image bird.jpg -target_class 12 -output bird_heat.png [-method tokens|gradcam] [-head combiner]
+    # every image under a folder, one model load: heatmaps/<relative path>.png
+    python pim/heatmap.py -pretrained best.pdparams -image birds/ -output heatmaps
 
 Two class-discriminative maps (the default target is the model's own prediction; -target_class takes an index or
 a class name from classes.txt under -data_path):
@@ -27,7 +31,8 @@ from PIL import Image  # noqa: E402
 
 LEVEL_WEIGHTS = (8.0, 4.0, 2.0, 1.0)
 
-__all__ = ["token_maps", "gradcam_maps", "combine_maps", "class_heatmap", "blend", "main"]
+__all__ = ["token_maps", "gradcam_maps", "combine_maps", "class_heatmap", "blend", "panels", "images_in",
+           "main"]
 
 
 def _grid_map(values, info):
@@ -113,41 +118,131 @@ def blend(image, heat, alpha=0.5, threshold=0.0):
     return np.clip(image.astype(np.float64) * (1 - a) + colour * a, 0, 255).astype(np.uint8)
 
 
+def panels(shown, heat, overlay, title, labels=("original", "map", "overlay")):
+    """Figure (matplotlib, no pyplot): original | map | overlay side by side, each at the shown image's own
+    resolution (one image pixel, one figure pixel at 100 dpi), a title above, the map's colour bar at the right."""
+    from matplotlib.figure import Figure
+
+    import textwrap
+
+    h, w = heat.shape
+    gap, bottom, bar, bar_text = 8, 8, 14, 40
+    width = 3 * w + 4 * gap + bar + bar_text
+    font = max(7.0, min(11.0, width / 45.0))
+    line = font * 100 / 72 * 1.25                  # one text line in pixels at 100 dpi
+    title = textwrap.fill(title, max(12, int(width / (0.62 * font * 100 / 72))))
+    top = int(8 + line * (title.count("\n") + 1) + line * 0.9 + 4)
+    height = top + h + bottom
+    fig = Figure(figsize=(width / 100.0, height / 100.0), dpi=100)
+    fig.suptitle(title, fontsize=font, y=1.0 - 6.0 / height, va="top")
+    mappable = None
+    for i, (image, label) in enumerate(zip((shown, heat, overlay), labels)):
+        ax = fig.add_axes([(gap + i * (w + gap)) / width, bottom / height, w / width, h / height])
+        if i == 1:
+            mappable = ax.imshow(image, cmap="jet", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+        else:
+            ax.imshow(image, interpolation="nearest", aspect="auto")
+        ax.set_axis_off()
+        ax.set_title(label, fontsize=font * 0.85, pad=2)
+    cax = fig.add_axes([(3 * w + 4 * gap) / width, bottom / height, bar / width, h / height])
+    cbar = fig.colorbar(mappable, cax=cax)
+    cbar.ax.tick_params(labelsize=font * 0.75)
+    return fig
+
+
+def images_in(folder):
+    """Image files under `folder` (recursive, sorted) -> [(path, output name without extension)]: the relative
+    path, its extension dropped, or kept as '_ext' where two files would share a name."""
+    from common.data.datasets import IMG_EXTENSIONS, DataError
+    paths = sorted(os.path.join(d, f) for d, _, files in os.walk(folder) for f in files
+                   if f.lower().endswith(IMG_EXTENSIONS))
+    if not paths:
+        raise DataError(f"no images found under {folder}")
+    stems = [os.path.splitext(os.path.relpath(p, folder))[0] for p in paths]
+    taken = {s: stems.count(s) for s in stems}
+    return [(p, s if taken[s] == 1 else s + "_" + os.path.splitext(p)[1].lstrip(".").lower())
+            for p, s in zip(paths, stems)]
+
+
 def main(argv=None):
     from common.errors import run_entry
     from common.inference import add_model_flags
 
-    p = add_model_flags(argparse.ArgumentParser(description="PIM: class heat map of one image (PNG)"))
-    p.add_argument("-image", required=True, help="the image")
-    p.add_argument("-target_class", default="", help="class index or name (default: the predicted class)")
+    p = add_model_flags(argparse.ArgumentParser(
+        description="PIM: class heat maps (PNG: original | map | overlay) of one image or of every image in a folder"))
+    p.add_argument("-image", required=True, help="an image, or a folder (every image under it, one PNG each)")
+    p.add_argument("-target_class", default="", help="class index or name (default: each image's predicted class)")
     p.add_argument("-method", default="auto", choices=["auto", "tokens", "gradcam"])
     p.add_argument("-head", default="", help="head for -method gradcam and for the prediction (default: main)")
-    p.add_argument("-output", default="heatmap.png", help="the blended PNG")
+    p.add_argument("-output", default="", help="the PNG (default heatmap.png); for a folder -image, a folder "
+                                               "(default heatmaps/) that receives <relative path>.png per image")
     p.add_argument("-alpha", type=float, default=0.5, help="opacity of the map")
     p.add_argument("-threshold", type=float, default=0.0, help="map values below it are not drawn")
-    p.add_argument("-save_map", default="", help="also save the raw [H, W] map (.npy)")
+    p.add_argument("-save_map", default="", help="also save the raw [H, W] map (.npy); for a folder -image, a "
+                                                 "folder receiving <relative path>.npy per image")
     args = p.parse_args(argv)
     return run_entry(_heatmap, args, exit_on_error=False)
 
 
+def _target_index(target_class, names):
+    from common.config import ConfigError
+    if target_class == "":
+        return None
+    if target_class.lstrip("-").isdigit():
+        target = int(target_class)
+    elif target_class in names:
+        target = names.index(target_class)
+    else:
+        raise ConfigError(f"-target_class '{target_class}' is neither an index nor a class name")
+    if not 0 <= target < len(names):
+        raise ConfigError(f"-target_class {target} is outside 0..{len(names) - 1}")
+    return target
+
+
 def _heatmap(args):
+    from common.config import ConfigError
+    from common.inference import class_names_for, load_model
+    from common.outdir import check_output_file, check_writable
+    from pim.method import PIMMethod
+
+    if os.path.isdir(args.image):
+        output = args.output or "heatmaps"
+        if output.lower().endswith(".png") or os.path.isfile(output):
+            raise ConfigError(f"-output {output}: with a folder -image, -output is a folder (one PNG per image)")
+        check_writable(output)
+        if args.save_map:
+            check_writable(args.save_map)
+        jobs = [(path, os.path.join(output, name + ".png"),
+                 os.path.join(args.save_map, name + ".npy") if args.save_map else "")
+                for path, name in images_in(args.image)]
+    else:
+        output = args.output or "heatmap.png"
+        check_output_file(output, "-output")
+        if args.save_map:
+            check_output_file(args.save_map, "-save_map")
+        jobs = [(args.image, output, args.save_map)]
+    method = PIMMethod()
+    config, model = load_model(method, args)
+    names = class_names_for(config, args.data_path)
+    target = _target_index(args.target_class, names)
+    head = args.head or method.main_head
+    kind = args.method if args.method != "auto" else ("gradcam" if model.backbone_only else "tokens")
+    transform = method.eval_transform(config)
+    for path, png, npy in jobs:
+        _one_heatmap(model, method, transform, names, path, png, npy, target, head, kind, args)
+    if len(jobs) > 1:
+        print(f"wrote {len(jobs)} heat maps under {output}")
+    return 0
+
+
+def _one_heatmap(model, method, transform, names, path, png, npy, target, head, kind, args):
     import paddle
 
     from common.config import ConfigError
     from common.data.datasets import load_rgb
-    from common.inference import class_names_for, load_model
-    from common.outdir import atomic_write, check_output_file
-    from pim.method import PIMMethod
+    from common.outdir import atomic_write
 
-    check_output_file(args.output, "-output")
-    if args.save_map:
-        check_output_file(args.save_map, "-save_map")
-    method = PIMMethod()
-    config, model = load_model(method, args)
-    names = class_names_for(config, args.data_path)
-    head = args.head or method.main_head
-    transform = method.eval_transform(config)
-    img = load_rgb(args.image)
+    img = load_rgb(path)
     x = paddle.to_tensor(transform(img)[None])
     shown = img
     for step in transform.steps[:-1]:     # the same resize and crop, without normalisation
@@ -158,25 +253,21 @@ def _heatmap(args):
         raise ConfigError(f"-head {head} is not one of {', '.join(heads)}")
     probs = paddle.nn.functional.softmax(heads[head].astype("float32"), axis=-1)[0].numpy()
     pred = int(probs.argmax())
-    if args.target_class == "":
-        target = pred
-    elif args.target_class.lstrip("-").isdigit():
-        target = int(args.target_class)
-    elif args.target_class in names:
-        target = names.index(args.target_class)
-    else:
-        raise ConfigError(f"-target_class '{args.target_class}' is neither an index nor a class name")
-    if not 0 <= target < len(names):
-        raise ConfigError(f"-target_class {target} is outside 0..{len(names) - 1}")
-    kind = args.method if args.method != "auto" else ("gradcam" if model.backbone_only else "tokens")
+    target = pred if target is None else target
     heat = class_heatmap(model, x, target, kind, head, method.eval_heads)
-    out = blend(np.asarray(shown.convert("RGB")), heat, args.alpha, args.threshold)
-    atomic_write(args.output, lambda tmp: Image.fromarray(out).save(tmp, format="PNG"))
-    if args.save_map:
-        atomic_write(args.save_map, lambda tmp: np.save(open(tmp, "wb"), heat.astype(np.float32)))
-    print(f"{args.image}: predicted {names[pred]} ({probs[pred]:.3f}, head {head}); map of class "
-          f"{names[target]} ({kind}) written to {args.output}")
-    return 0
+    shown = np.asarray(shown.convert("RGB"))
+    overlay = blend(shown, heat, args.alpha, args.threshold)
+    title = f"{names[target]}: p {probs[target]:.3f}" + (
+        "" if target == pred else f" (predicted {names[pred]}: {probs[pred]:.3f})") + f", head {head}"
+    fig = panels(shown, heat, overlay, title, ("original", f"{kind} map", "overlay"))
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    if npy:
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, heat.astype(np.float32))
+        atomic_write(npy, save)
+    print(f"{path}: predicted {names[pred]} ({probs[pred]:.3f}, head {head}); map of class "
+          f"{names[target]} ({kind}) written to {png}")
 
 
 if __name__ == "__main__":

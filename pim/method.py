@@ -2,6 +2,7 @@
 import random
 
 import numpy as np
+import paddle
 from PIL import Image, ImageEnhance
 
 from common.config import ConfigError
@@ -106,3 +107,42 @@ class PIMMethod(ClassificationMethod):
 
     def eval_heads(self, outputs):
         return head_logits(outputs, self.layer_names, self.highest)
+
+    def unreached_parameters(self, config, model):
+        """Names of the trainable parameters this configuration's loss never reaches (e.g. the combiner under
+        LAMBDA_C 0, a level's head when none of LAMBDA_B / LAMBDA_S / LAMBDA_N reaches it, and without the FPN the
+        backbone stages above the deepest level that is used), found by one backward pass of the loss on a blank
+        image: in eval mode, so no BatchNorm statistic or random number is touched, and the gradients are cleared."""
+        was_training = model.training
+        model.eval()
+        try:
+            size, channels = config.DATA.IMAGE_SIZE, config.DATA.IMAGE_CHANNELS
+            outputs = self.forward(model, paddle.zeros([1, channels, size, size]), [])
+            try:
+                loss, _ = self.loss(None, outputs, paddle.zeros([1], dtype="int64"), model)
+            except ValueError as e:       # every loss term switched off
+                raise ConfigError(f"MODEL.PIM.LAMBDA_*: {e}") from None
+            loss.backward()
+            unreached = [n for n, q in model.named_parameters() if not q.stop_gradient and q.grad is None]
+        finally:
+            model.clear_gradients(set_to_zero=False)
+            if was_training:
+                model.train()
+        return unreached
+
+    def prepare_training(self, config, model, log):
+        """Freeze (stop_gradient) the parameters the loss never reaches. They would not change anyway (no gradient),
+        but with several processes Paddle's DataParallel waits for their gradients and stops at the next step. Its
+        find_unused_parameters=True does not help here: the reducer still waits for every parameter that an output
+        of the model depends on, and these feed outputs the loss leaves out (``comb_outs``, the heads' logits).
+        Frozen, they leave the optimizer; the checkpoints still hold them."""
+        names = set(self.unreached_parameters(config, model))
+        if not names:
+            return
+        for n, q in model.named_parameters():
+            if n in names:
+                q.stop_gradient = True
+        parts = sorted({n.split(".")[0] if not n.startswith(("fpn.", "selector.", "backbone.")) else
+                        ".".join(n.split(".")[:2]) for n in names})
+        log(f"PIM: the loss weights (MODEL.PIM.LAMBDA_*) leave {len(names)} parameters without a gradient "
+            f"({', '.join(parts)}); they are frozen")

@@ -6,6 +6,7 @@ from common.config import get_default_config
 
 def get_config():
     c = get_default_config()
+    c.MODEL.METHOD = "resmlp"
     c.MODEL.TYPE = "ResMLP"
     c.MODEL.NAME = "resmlp_24_224"
     c.MODEL.DROPPATH = 0.1

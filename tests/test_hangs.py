@@ -4,6 +4,7 @@ data workers (128 + signal, no C++ dump, no temporary checkpoint); a SIGKILLed t
 
 Unit tests check common/data/loader.py directly (same batches as Paddle's DataLoader, the error carried out of a
 worker); the `*_cli` tests run the real commands, each in a session of its own so that even a hang is cleaned up."""
+import faulthandler
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ from tests.helpers import REPO, TINY_RESMLP, env, resmlp_main
 
 RESMLP_CFG = os.path.join(REPO, "configs", "resmlp", "demo.yaml")
 PIM_CFG = os.path.join(REPO, "configs", "pim", "demo.yaml")
+DYNAMIC_MLP_CFG = os.path.join(REPO, "configs", "dynamic_mlp", "demo.yaml")
 PIM_TINY = ["MODEL.PIM.EFFICIENTNET.WIDTH_MULT", "0.25", "MODEL.PIM.EFFICIENTNET.DEPTH_MULT", "0.3",
             "MODEL.PIM.FPN_SIZE", "16", "MODEL.DROPPATH", "0.0"]
 BOUND_S = 60          # a failing command must end well within this (it used to block forever)
@@ -135,12 +137,32 @@ def pim_weights(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def dynamic_mlp_weights(tmp_path_factory):
+    from common.cli import build_parser, config_from_args
+    from dynamic_mlp.method import DynamicMLPMethod
+    method = DynamicMLPMethod()
+    config = config_from_args(build_parser().parse_args(["-cfg", DYNAMIC_MLP_CFG]), method.get_config())
+    paddle.seed(0)
+    path = str(tmp_path_factory.mktemp("dynamic_mlp_w") / "w.pdparams")
+    paddle.save(method.build_model(config).state_dict(), path)
+    return path
+
+
 def train_cmd(data, out, workers, *opts):
     return resmlp_main("-cfg", RESMLP_CFG, "-data_path", data, "-output", out,
                        "-opts", *TINY_RESMLP, "DATA.NUM_WORKERS", str(workers), *opts)
 
 
 # ------------------------------------------------------------------------------------------------------ unit
+@pytest.fixture
+def bounded():
+    """In-process loader tests: a hang dumps every thread's traceback and ends the test run instead of blocking."""
+    faulthandler.dump_traceback_later(BOUND_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
 class Flaky:
     """A map-style data set whose sample `bad` raises `error`; the others are small arrays."""
 
@@ -156,7 +178,7 @@ class Flaky:
         return np.full((3, 4, 4), i, dtype="float32"), np.int64(i % 3), np.array([i, -i], dtype="float32")
 
 
-def test_batches_match_paddles_dataloader(small_demo):
+def test_batches_match_paddles_dataloader(small_demo, bounded):
     """The same structure, dtypes and values as paddle.io.DataLoader, with 0 and 2 workers (training transforms,
     which reseed per sample, and a metadata field)."""
     from common.cli import build_parser, config_from_args
@@ -187,7 +209,7 @@ def test_batches_match_paddles_dataloader(small_demo):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_sample_error_is_raised_as_it_is(workers):
+def test_sample_error_is_raised_as_it_is(workers, bounded):
     before = {p for p, _ in descendants(os.getpid())}
     ds = Flaky(40, 13, DataError("cannot decode image /x/13.jpg (listed at /x/list.txt:14): broken"))
     start = time.time()
@@ -201,7 +223,7 @@ def test_sample_error_is_raised_as_it_is(workers):
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_other_exception_names_the_sample(workers):
+def test_other_exception_names_the_sample(workers, bounded):
     from common.data.datasets import Sample
     samples = [Sample(f"/x/{i}.jpg", 0, (), f"/x/list.txt:{i + 1}") for i in range(8)]
     ds = Flaky(8, 5, ZeroDivisionError("division by zero"), samples)
@@ -213,7 +235,7 @@ def test_other_exception_names_the_sample(workers):
     assert "ZeroDivisionError" in f"{type(cause).__name__}: {cause}"
 
 
-def test_loader_stopped_early_leaves_no_worker():
+def test_loader_stopped_early_leaves_no_worker(bounded):
     before = {p for p, _ in descendants(os.getpid())}
     ds = Flaky(64, -1, None)
     it = iter(SuiteLoader(ds, EvalBatchSampler(len(ds), 4), 2))
@@ -265,6 +287,27 @@ def test_corrupt_image_ends_pim_infer_cli(bad_data, pim_weights, tmp_path, worke
     print(f"pim/infer.py, {workers} workers: ended in {seconds:.1f} s")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_metadata_ends_predict_cli(small_demo, dynamic_mlp_weights, tmp_path, workers):
+    """A latitude out of range in a list line: read (and rejected) inside the loader, in a worker with 2."""
+    with open(os.path.join(small_demo, "val_list.txt")) as f:
+        rows = f.read().splitlines()
+    parts = rows[VAL_LINE - 1].split()
+    parts[2] = "95.5"
+    rows[VAL_LINE - 1] = " ".join(parts)
+    listed = str(tmp_path / "bad_meta.txt")
+    with open(listed, "w") as f:
+        f.write("\n".join(rows) + "\n")
+    rc, _, err, seconds = run_bounded([sys.executable, os.path.join(REPO, "dynamic_mlp", "predict.py"), "-cfg",
+                                       DYNAMIC_MLP_CFG, "-pretrained", dynamic_mlp_weights, "-image", listed,
+                                       "-data_path", small_demo, "-opts", "DATA.NUM_WORKERS", str(workers)])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1, f"exit {rc}\n{err[-3000:]}"
+    assert f"{listed}:{VAL_LINE}: latitude 95.5 is outside" in errors[0], errors[0]
+    assert "Traceback" not in err and "Blocking queue" not in err, err[-3000:]
+    print(f"dynamic_mlp/predict.py, bad metadata, {workers} workers: ended in {seconds:.1f} s")
+
+
 def test_corrupt_image_ends_pim_heatmap_cli(bad_data, pim_weights, tmp_path):
     root, _, val_image = bad_data
     rc, _, err, _ = run_bounded([sys.executable, os.path.join(REPO, "pim", "heatmap.py"), "-cfg", PIM_CFG,
@@ -278,11 +321,14 @@ def test_corrupt_image_ends_pim_heatmap_cli(bad_data, pim_weights, tmp_path):
 # ------------------------------------------------------------------------------------------------------ CLI: signals
 def start_long_training(data, out):
     """A trainer with 2 data workers that would run for minutes, in a session of its own; returns it once its log
-    shows a training iteration."""
-    proc = subprocess.Popen(train_cmd(data, out, 2, "TRAIN.EPOCHS", "200", "DATA.BATCH_SIZE", "8", "REPORT_FREQ",
-                                      "1", "SAVE.FREQ", "1"),
-                            cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    shows a training iteration. Its stderr goes to a file (`proc.stderr_path`): a pipe would stay open as long as
+    any worker that inherited it lives."""
+    stderr_path = os.path.join(os.path.dirname(out), "stderr.txt")
+    with open(stderr_path, "w") as err:
+        proc = subprocess.Popen(train_cmd(data, out, 2, "TRAIN.EPOCHS", "200", "DATA.BATCH_SIZE", "8",
+                                          "REPORT_FREQ", "1", "SAVE.FREQ", "1"),
+                                cwd=REPO, env=env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    proc.stderr_path = stderr_path
     log = os.path.join(out, "log.txt")
     deadline = time.time() + BOUND_S
     while time.time() < deadline and proc.poll() is None:
@@ -290,7 +336,13 @@ def start_long_training(data, out):
             return proc
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail(f"the training never logged an iteration:\n{proc.communicate()[1][-3000:]}")
+    proc.wait()
+    pytest.fail(f"the training never logged an iteration:\n{read(stderr_path)[-3000:]}")
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
 
 
 def watch_descendants(proc, seconds=1.0):
@@ -320,11 +372,13 @@ def test_signal_stops_trainer_and_its_workers_cli(small_demo, tmp_path, sig, gro
         proc.send_signal(sig)
     start = time.time()
     try:
-        _, err = proc.communicate(timeout=20)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"still running 20 s after {sig.name}:\n{proc.communicate()[1][-3000:]}")
+        proc.wait()
+        pytest.fail(f"still running 20 s after {sig.name}:\n{read(proc.stderr_path)[-3000:]}")
     seconds = time.time() - start
+    err = read(proc.stderr_path)
     assert proc.returncode == 128 + sig, err[-3000:]
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert errors == [f"error: stopped by {sig.name}"], err[-3000:]
@@ -341,7 +395,7 @@ def test_sigkill_leaves_no_worker_cli(small_demo, tmp_path):
     assert members, "the trainer has no data workers"
     members |= set(descendants(proc.pid))
     proc.kill()
-    proc.communicate()
+    proc.wait()
     start = time.time()
     left = wait_gone(members, 5)
     seconds = time.time() - start

@@ -41,10 +41,11 @@ def test_no_arguments_means_the_demo_job(tmp_path, monkeypatch):
 
 
 def test_cpu_threads_are_the_process_share_of_the_cores(monkeypatch):
+    import common
     from common import dist
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(common, "USER_OMP_NUM_THREADS", "3")
     assert dist.cpu_threads() == 3                       # the launcher's (or the user's) choice wins
-    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(common, "USER_OMP_NUM_THREADS", None)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setenv("PADDLE_LOCAL_SIZE", "4")
     assert dist.cpu_threads() == 2                       # 8 usable cores shared by 4 processes on this node
@@ -70,6 +71,19 @@ def test_a_single_process_run_uses_every_core(small_demo, tmp_path):
     e.pop("OMP_NUM_THREADS")
     subprocess.run(["sh", "run_train_multi.sh", "-cfg", "configs/resmlp/demo.yaml", "-data_path", small_demo,
                     "-output", out, "-opts", *TINY_RESMLP, "TRAIN.EPOCHS", "1"], cwd=REPO, env=e, check=True,
+                   capture_output=True, timeout=600)
+    with open(os.path.join(out, "log.txt")) as f:
+        assert f"on cpu (math threads per process: {len(os.sched_getaffinity(0))}), 1 process(es)" in f.read()
+
+
+def test_a_direct_run_uses_every_core(small_demo, tmp_path):
+    """`python resmlp/main_multi_gpu.py` with OMP_NUM_THREADS unset: Paddle's import sets it to 1, which must not be
+    taken for the user's choice."""
+    out = str(tmp_path / "direct")
+    e = env()
+    e.pop("OMP_NUM_THREADS")
+    subprocess.run([sys.executable, "resmlp/main_multi_gpu.py", "-cfg", "configs/resmlp/demo.yaml", "-data_path",
+                    small_demo, "-output", out, "-eval", "-opts", *TINY_RESMLP], cwd=REPO, env=e, check=True,
                    capture_output=True, timeout=600)
     with open(os.path.join(out, "log.txt")) as f:
         assert f"on cpu (math threads per process: {len(os.sched_getaffinity(0))}), 1 process(es)" in f.read()

@@ -49,6 +49,7 @@ class TransferConfig(CN):
 def get_config():
     c = TransferConfig()
     c.update(get_default_config())      # the sections stay plain nodes, as yaml merging expects
+    c.MODEL.METHOD = "transfer"
     c.MODEL.TYPE = "transfer"
     c.MODEL.NAME = "inception_v4"
     c.DATA.NORM_STATS = ""

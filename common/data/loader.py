@@ -24,6 +24,7 @@ samples (images [N, C, H, W], labels [N], extra fields stacked), numbers as int6
 lists.
 """
 import atexit
+import gc
 import multiprocessing.util  # noqa: F401 - its exit hook is registered before ours, so ours runs first
 import numbers
 import os
@@ -232,6 +233,11 @@ def _shutdown(it):
         it._shutdown_on_exit()
     except Exception:  # noqa: B902 - best effort; the workers are killed below anyway
         pass
+    try:
+        if getattr(it, "_reader", None) is not None:
+            it._reader.shutdown()   # its prefetch threads (Paddle does this only when an epoch ends)
+    except Exception:  # noqa: B902
+        pass
     for w in list(getattr(it, "_workers", None) or []):
         try:
             if w.is_alive():
@@ -283,13 +289,20 @@ class SuiteLoader:
         meanwhile: Python runs a handler that arrives during fork() inside an at-fork hook, where the
         `Interrupted` it raises would be printed and lost (and the run would go on); blocked, the signal is
         delivered when the iterator is registered, and forked workers start with it blocked until their own
-        handlers are set."""
+        handlers are set.
+
+        The garbage collector's objects are frozen meanwhile, so that a worker never collects the parent's
+        garbage: a finished iterator waiting for collection owns Paddle queues whose condition variables had
+        waiters (threads of the parent, absent in the child); destroying one in a worker blocks that worker forever
+        (and with it the run)."""
         in_main = threading.current_thread() is threading.main_thread()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if in_main else None
+        gc.freeze()
         try:
             it = iter(self._paddle_loader())
             _open_iterators.add(it)
         finally:
+            gc.unfreeze()
             if in_main:
                 signal.pthread_sigmask(signal.SIG_SETMASK, old)
         return it

@@ -9,7 +9,7 @@ import numpy as np
 import paddle
 
 from common import dist
-from common.checkpoint import (PADDLE_NAME_TABLE, atomic_save, read_checkpoint, rng_state,
+from common.checkpoint import (PADDLE_NAME_TABLE, atomic_save, checkpoint_meta, read_checkpoint, rng_state,
                                set_rng_state, to_tensors)
 from common.data.datasets import (DataError, ImageDataset, check_files_exist, read_class_names, read_list_file,
                                   scan_class_folders)
@@ -115,9 +115,14 @@ def _finite_rows(logits):
 
 
 @paddle.no_grad()
-def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
+def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_class=False, progress=None):
     """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size.
     `heads_fn(images, extras) -> {head: logits}` replaces the dygraph forward (e.g. an exported predictor).
+
+    per_class=True returns (metrics, `common.report.ClassCounts`): the main head's images and top-1 hits per class
+    and its [true, predicted] confusion matrix, summed over ranks in the same all-reduce as the other counts (every
+    rank must pass the same value). `progress` (`common.report.Progress`, usually rank 0's only) is told the size of
+    every batch and the exact total at the end.
 
     Rows with label -1 (an unreadable image replaced under DATA.SKIP_BAD_IMAGES) are not scored; their number is
     reported as 'skipped'. Any non-finite logit (NaN / inf weights, an overflow) stops evaluation on every rank with
@@ -128,8 +133,14 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
     width = 3 + len(ks)  # per head: top-1 hits, loss sum, non-finite rows, then hits within each top-k
     counts, names = None, None
     total, skipped = 0, 0
+    classes = None
+    if per_class:
+        from common.report import ClassCounts
+        classes = ClassCounts(num_classes)
     for batch in loader:
         images, labels, extras = split_batch(batch)
+        if progress is not None:
+            progress.step(int(labels.shape[0]))
         if heads_fn is not None:
             heads = heads_fn(images, extras)
         else:
@@ -161,6 +172,8 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
             counts[i, 1] += float(eval_loss_sum(logits, labels))
             for j, k in enumerate(ks):
                 counts[i, 3 + j] += float(hit[:, :k].sum())
+            if classes is not None and name == (method.main_head if method.main_head in names else names[0]):
+                classes.add(labels.numpy(), top[:, 0].numpy())
         total += n_keep
     # A rank with no samples (val set smaller than the world) does not know the model's head names; take them from
     # a rank that does, so every rank sums a vector of the same layout.
@@ -168,9 +181,10 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
     names = known[0] if known else [method.main_head]
     if counts is None:
         counts = np.zeros((len(names), width), dtype="float64")
-    summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), [total, skipped]]))
+    class_vec = classes.vector() if classes is not None else np.zeros(0)
+    summed = dist.all_reduce_sum(np.concatenate([counts.reshape(-1), class_vec, [total, skipped]]))
     n, n_skipped = summed[-2], int(summed[-1])
-    per_head = summed[:-2].reshape(len(names), width)
+    per_head = summed[:len(names) * width].reshape(len(names), width)
     nonfinite = {name: int(row[2]) for name, row in zip(names, per_head) if row[2] > 0}
     if nonfinite:
         what = ", ".join(f"head '{h}': {c} of {int(n)} images" for h, c in nonfinite.items())
@@ -186,6 +200,11 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None):
             metrics[f"{prefix}top{k}"] = 100.0 * row[3 + j] / max(n, 1)
         metrics[f"{prefix}loss"] = row[1] / max(n, 1)
         metrics[f"{prefix}correct"] = int(row[0])
+    if progress is not None:
+        progress.end(int(n) + n_skipped)
+    if classes is not None:
+        from common.report import ClassCounts
+        return metrics, ClassCounts.from_vector(num_classes, summed[len(names) * width:-2])
     return metrics
 
 
@@ -244,6 +263,7 @@ class Trainer:
         self.nonfinite_streak = 0
         self.history = []
         self.saved_epochs = []          # numbered checkpoints this run wrote (the only ones pruning may remove)
+        self.class_names = None         # in label order when known (classes.txt, class folders): in 'meta'
 
     # ----- setup
     def setup(self, train_set, val_set):
@@ -272,10 +292,32 @@ class Trainer:
         self.ema = ModelEma(self.model, cfg.EMA.DECAY) if cfg.EMA.ENABLE else None
         self.mixup = self._build_mixup()
         self.criterion = ClassificationLoss(cfg.MODEL.NUM_CLASSES, cfg.TRAIN.SMOOTHING, cfg.TRAIN.SMOOTHING_MODE)
-        self.ddp = paddle.DataParallel(self.model) if self.world > 1 else None
+        self.ddp = self._data_parallel()
         self.log(f"training {len(train_set)} images, {self.batches_per_epoch} batches of {cfg.DATA.BATCH_SIZE} per "
                  f"process x {self.world} process(es), accumulation {accum}: {self.steps_per_epoch} optimizer "
                  f"steps per epoch; base lr {self.scheduler.base:.3g} for total batch {total_batch}")
+
+    def _data_parallel(self):
+        """DataParallel over the processes (None for one): MODEL.SYNC_BN and DIST.FIND_UNUSED_PARAMETERS applied."""
+        from common.method import find_unused_parameters
+        cfg = self.config
+        find_unused = find_unused_parameters(cfg, self.method)   # validated on every run, used with several processes
+        if self.world == 1:
+            return None
+        if cfg.MODEL.SYNC_BN:
+            if self.device.startswith("gpu"):
+                converted, kept = self.method.sync_batchnorm(self.model)
+                self.log(f"MODEL.SYNC_BN: {len(converted)} BatchNorm layers synchronised over {self.world} processes"
+                         + (f"; kept per-process (own forward): {', '.join(kept)}" if kept else ""))
+            else:
+                # Paddle registers sync_batch_norm kernels for GPUs only (the CPU build has none)
+                self.log("MODEL.SYNC_BN: Paddle has no SyncBatchNorm on CPU; each process keeps its own BatchNorm "
+                         "statistics")
+        if find_unused:
+            self.log("DataParallel(find_unused_parameters=True): "
+                     + ("DIST.FIND_UNUSED_PARAMETERS True" if cfg.DIST.FIND_UNUSED_PARAMETERS is True else
+                        "this configuration leaves parameters without gradients"))
+        return paddle.DataParallel(self.model, find_unused_parameters=find_unused)
 
     def _build_mixup(self):
         a = self.config.AUG
@@ -305,6 +347,9 @@ class Trainer:
             "rng": rng_state(),
             "world_size": self.world,
             "config": self.config.dump(),
+            # what the checkpoint is, without building anything: -cfg-less evaluation / prediction, the launcher
+            "meta": checkpoint_meta(getattr(self.method, "name", None) or self.config.MODEL.get("METHOD", ""),
+                                    self.config, self.class_names),
         }
 
     def save(self, epoch, is_best):
@@ -416,6 +461,7 @@ class Trainer:
         term_sums = {}
         t_start = time.time()
         skip_window = False
+        lr = self.optimizer.get_lr()
         for it, batch in enumerate(self.train_loader):
             images, labels, extras = split_batch(batch)
             targets = labels
@@ -458,12 +504,16 @@ class Trainer:
                         self.nonfinite_streak = 0
                     if self.ema is not None:
                         self.ema.update(self.model)
+                lr = self.optimizer.get_lr()   # the rate of this epoch's last optimizer step (history, curves)
                 self.scheduler.step()
                 self.global_step += 1
             if (it + 1) % cfg.REPORT_FREQ == 0 or it + 1 == n:
                 self._report(epoch, it, n, t_start, seen, loss_sum / max(loss_count, 1),
                              {k: v / max(loss_count, 1) for k, v in term_sums.items()})
-        return {"train_loss": loss_sum / max(loss_count, 1), "epoch_time": time.time() - t_start}
+        elapsed = time.time() - t_start
+        return {"train_loss": loss_sum / max(loss_count, 1),
+                **{f"train_{k}": v / max(loss_count, 1) for k, v in term_sums.items()},
+                "lr": lr, "epoch_time": elapsed, "images_per_s": seen * self.world / max(elapsed, 1e-9)}
 
     def _report(self, epoch, it, n, t_start, seen, avg_loss, terms):
         elapsed = time.time() - t_start
@@ -484,6 +534,7 @@ class Trainer:
         self.writer = writer
         last_metrics = {}
         for epoch in range(self.start_epoch, cfg.TRAIN.EPOCHS + 1):
+            t_epoch = time.time()
             stats = self.train_one_epoch(epoch)
             record = {"epoch": epoch, **stats}
             is_best = False
@@ -504,6 +555,7 @@ class Trainer:
                         writer.add(f"val/{k}", metrics[k], epoch)
                 last_metrics = metrics
             writer.add("train/epoch_loss", stats["train_loss"], epoch)
+            record["wall_time"] = time.time() - t_epoch   # training + validation of this epoch
             self.history.append(record)
             self.save(epoch, is_best)
             if self.rank == 0:
@@ -511,11 +563,26 @@ class Trainer:
         if last_metrics:
             self.log(self._format_metrics(f"final (epoch {cfg.TRAIN.EPOCHS})", last_metrics) +
                      f"; best top1 {self.best['top1']:.2f} at epoch {self.best['epoch']}")
+        self.write_run_report()
         return last_metrics
 
     def _write_metrics(self):
+        from common.report import METRICS_CSV, metrics_csv_text
         atomic_write_text(os.path.join(self.out_dir, "metrics.json"),
                           json.dumps({"history": self.history, "best": self.best}, indent=1))
+        atomic_write_text(os.path.join(self.out_dir, METRICS_CSV), metrics_csv_text(self.history))
+
+    def write_run_report(self):
+        """Rank 0, at the end of a run (also of one resumed after it finished): the summary table in the log,
+        metrics.csv and training_curves.png in the output folder."""
+        if self.rank != 0 or not self.history:
+            return
+        from common.report import CURVES_PNG, METRICS_CSV, metrics_csv_text, plot_training_curves, training_summary
+        atomic_write_text(os.path.join(self.out_dir, METRICS_CSV), metrics_csv_text(self.history))
+        self.log(training_summary(self.history, self.config.TRAIN.EPOCHS, self.method.main_head, self.out_dir))
+        plot_training_curves(self.history, os.path.join(self.out_dir, CURVES_PNG),
+                             f"{self.method.name} {self.config.MODEL.NAME}: {os.path.basename(self.out_dir)}")
+        self.log(f"wrote {os.path.join(self.out_dir, 'metrics.csv')} and {os.path.join(self.out_dir, CURVES_PNG)}")
 
     @staticmethod
     def _format_metrics(prefix, m):

@@ -712,6 +712,9 @@ STATE_DICT_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "mo
                    "params", "weights")
 EMA_KEYS = ("model_ema", "state_dict_ema", "ema", "ema_state_dict", "model_ema_state_dict")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+# paddle.save(model.state_dict(), path) (PaddleViT's .pdparams) stores Paddle's {structured name: parameter name}
+# table under this key beside the tensors; it is not a weight
+PADDLE_NAME_TABLE = "StructuredToParameterName@@"
 
 
 def is_tensor_like(v):
@@ -756,6 +759,8 @@ def unwrap_state_dict(obj, key=None, return_info=False, strip_prefixes=STRIP_PRE
             cur = cur[part]
             info["path"].append(part)
     for _ in range(8):
+        if isinstance(cur, dict) and PADDLE_NAME_TABLE in cur:
+            cur = {k: v for k, v in cur.items() if k != PADDLE_NAME_TABLE}
         if _is_state_dict(cur):
             break
         if not isinstance(cur, dict):
