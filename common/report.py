@@ -12,6 +12,7 @@ Plots use matplotlib's object API (no pyplot state, no display needed); every fi
 import csv
 import io
 import math
+import os
 import time
 
 import numpy as np
@@ -188,7 +189,6 @@ def plot_confusion_matrix(cm, names, path, title=""):
 def write_class_report(folder, counts, names=None, title="", log=print):
     """per_class_accuracy.csv, and with the matrix confusion_matrix.csv / .png, into `folder`; logs the mean
     per-class top-1 and the weakest classes. Returns the paths written."""
-    import os
     names = list(names) if names and len(names) == counts.num_classes else None
     paths = [os.path.join(folder, PER_CLASS_CSV)]
     atomic_write_text(paths[0], per_class_csv_text(counts, names))
