@@ -36,6 +36,7 @@ def get_default_config():
     _C.DATA.MEAN = [0.485, 0.456, 0.406]
     _C.DATA.STD = [0.229, 0.224, 0.225]
     _C.DATA.NUM_WORKERS = 2
+    _C.DATA.SHARED_MEMORY = True        # workers pass batches through /dev/shm (False: through pipes, slower)
     _C.DATA.CHECK_FILES = True          # verify every listed image exists before training starts
     _C.DATA.SKIP_BAD_IMAGES = False     # True: an unreadable image is replaced by another sample, with a warning
 

@@ -110,6 +110,14 @@ def all_gather_object(obj):
     return gathered
 
 
+def broadcast_from_rank0(tensors):
+    """Overwrite every rank's copy of `tensors` with rank 0's (in place)."""
+    if world_size() == 1:
+        return
+    for t in tensors:
+        dist.broadcast(t, src=0)
+
+
 def barrier():
     if world_size() > 1:
         dist.barrier()

@@ -5,24 +5,39 @@ method's main head) and DIR/inference.json with everything preprocessing needs (
 interpolation, mean, std, class names, the inputs), the method, the model name, the class count and the resolved
 config (`config`, yaml text). With -onnx, also DIR/model.onnx through paddle2onnx. -cfg may be left out for a
 checkpoint of this suite (its stored config is used); -use_ema exports its EMA weights.
-`common.deploy.ExportedClassifier` loads either.
+`common.deploy.ExportedClassifier` and `python -m common.deploy` load either.
+
+The folder is written whole or not at all: the export goes into a temporary sibling folder, which is renamed into
+place once complete (an earlier export there is replaced only then). A folder holding anything but an export is
+refused before the work. paddle2onnx runs without its Polygraphy constant-folding step, which pip-installs
+onnx_graphsurgeon from NVIDIA's index at run time (README, "Inference and deployment").
 """
 import argparse
+import inspect
 import json
 import os
-import sys
+import shutil
 
 import paddle
 import paddle.nn as nn
 
 from common.config import ConfigError
 from common.data.transforms import eval_resize_size
-from common.errors import run_entry
+from common.errors import OutputError, RunExistsError, SuiteError, run_entry
 from common.inference import add_model_flags, class_names_for, load_model
-from common.outdir import check_writable
+from common.outdir import check_writable, fsync_folder
 
 MODEL_PREFIX = "model"
 META_FILE = "inference.json"
+# what an export folder may hold (paddle.jit.save writes .json or .pdmodel, .pdiparams and sometimes .pdiparams.info)
+EXPORT_FILES = {MODEL_PREFIX + ext for ext in (".json", ".pdmodel", ".pdiparams", ".pdiparams.info", ".onnx")}
+EXPORT_FILES.add(META_FILE)
+ONNX_INSTALL = "pip install -r requirements-onnx.txt (paddle2onnx and onnxruntime)"
+TMP_MARK, OLD_MARK = ".tmp", ".old"   # siblings of the export folder while it is written / replaced
+
+
+class ExportError(SuiteError):
+    """The model could not be converted (e.g. an operator paddle2onnx does not support)."""
 
 
 class MainHead(nn.Layer):
@@ -66,7 +81,87 @@ def preprocessing(config, names):
 
 
 def export_model(method, config, model, out_dir, names=None, onnx=False, opset=13):
-    os.makedirs(out_dir, exist_ok=True)
+    """Write the export folder `out_dir` whole (see the module docstring); returns the inference.json content."""
+    check_export_target(out_dir)
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    remove_stale_siblings(parent, base)
+    tmp = os.path.join(parent, f".{base}{TMP_MARK}{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        meta = _write_export(method, config, model, tmp, names, onnx, opset)
+        for name in os.listdir(tmp):
+            with open(os.path.join(tmp, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_folder(tmp)
+        replace_folder(tmp, out_dir)
+    except OSError as e:
+        kept = "the earlier export there is intact" if os.path.isdir(out_dir) else "nothing was written"
+        raise OutputError(f"cannot write the export folder {out_dir}: {e.strerror or e}; {kept}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def check_export_target(out_dir):
+    """Before any work: `out_dir` is new, empty or an earlier export (which the new one replaces), and its parent
+    folder is writable. Nothing is created but the parent folders."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"-output {out_dir} is a file; give a folder for the export")
+    if os.path.isdir(out_dir):
+        others = sorted(set(os.listdir(out_dir)) - EXPORT_FILES)
+        if others:
+            shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise RunExistsError(f"-output {out_dir} holds files that are not an export ({shown}); an export "
+                                 f"replaces its whole folder, so give a new folder (or an earlier export folder)")
+    check_writable(os.path.dirname(os.path.abspath(out_dir)))
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_siblings(parent, base):
+    """Folders left by an export that was killed: its temporary folder, and an earlier export moved aside while
+    being replaced (put back when the killed export had not yet renamed its new folder into place)."""
+    for name in os.listdir(parent):
+        for mark in (TMP_MARK, OLD_MARK):
+            prefix = f".{base}{mark}"
+            pid = name[len(prefix):]
+            if not (name.startswith(prefix) and pid.isdigit()) or _pid_alive(int(pid)):
+                continue
+            path = os.path.join(parent, name)
+            if mark == OLD_MARK and not os.path.exists(os.path.join(parent, base)):
+                os.replace(path, os.path.join(parent, base))
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def replace_folder(new, dst):
+    """Rename the complete folder `new` to `dst`; an existing `dst` is moved aside first and removed after."""
+    parent, base = os.path.split(os.path.abspath(dst))
+    if not os.path.exists(dst):
+        os.rename(new, dst)
+    else:
+        old = os.path.join(parent, f".{base}{OLD_MARK}{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(dst, old)
+        try:
+            os.rename(new, dst)
+        except BaseException:
+            os.rename(old, dst)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_folder(parent)
+
+
+def _write_export(method, config, model, out_dir, names, onnx, opset):
     model.eval()
     wrapped = MainHead(method, model)
     wrapped.eval()
@@ -75,10 +170,14 @@ def export_model(method, config, model, out_dir, names=None, onnx=False, opset=1
     prefix = os.path.join(out_dir, MODEL_PREFIX)
     paddle.jit.save(static, prefix)
     meta = preprocessing(config, names or [str(i) for i in range(config.MODEL.NUM_CLASSES)])
+    sources = method.export_input_sources(config)   # how common.deploy builds each extra input
+    inputs = []
+    for s in specs:
+        inputs.append({"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("paddle.", "")})
+        if s.name in sources:
+            inputs[-1]["source"] = sources[s.name]
     meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head,
-                 "config": config.dump(),
-                 "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("paddle.", "")}
-                            for s in specs]})
+                 "config": config.dump(), "inputs": inputs})
     graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
     meta["files"] = {"graph": os.path.basename(graph), "params": MODEL_PREFIX + ".pdiparams"}
     if onnx:
@@ -107,11 +206,25 @@ def predictor_heads(method, config, model, device="cpu"):
 
 
 def export_onnx(graph, params, dst, opset=13):
+    """paddle2onnx's converter (with its own graph optimiser) and ONNX checker, without the Polygraphy constant
+    folding that paddle2onnx 2.x runs by default (`optimize_tool="polygraphy"`): that step sets
+    POLYGRAPHY_AUTOINSTALL_DEPS=1 and Polygraphy then pip-installs onnx_graphsurgeon from pypi.ngc.nvidia.com during
+    the export. `optimize_tool="None"` is one of paddle2onnx's own choices (its --optimize_tool flag); ONNX Runtime
+    folds constants itself when it loads the model."""
     try:
         import paddle2onnx
     except ImportError:
-        raise RuntimeError("ONNX export needs paddle2onnx (pip install paddle2onnx onnxruntime)") from None
-    paddle2onnx.export(graph, params, dst, opset_version=opset, enable_onnx_checker=True)
+        raise ConfigError(f"ONNX export needs paddle2onnx: {ONNX_INSTALL}") from None
+    options = {"opset_version": opset, "enable_onnx_checker": True}
+    if "optimize_tool" in inspect.signature(paddle2onnx.export).parameters:
+        options["optimize_tool"] = "None"
+    try:
+        paddle2onnx.export(graph, params, dst, **options)
+    except Exception as e:   # paddle2onnx logs the converter's error, then fails on the missing result
+        raise ExportError(f"paddle2onnx could not convert the model to ONNX (opset {opset}; its log above says "
+                          f"why): {type(e).__name__}: {e}") from e
+    if not os.path.isfile(dst):
+        raise ExportError(f"paddle2onnx wrote no {os.path.basename(dst)} (opset {opset}; its log above says why)")
     return os.path.basename(dst)
 
 
@@ -125,12 +238,12 @@ def export_main(method, argv=None):
 
 
 def _export(method, args):
-    check_writable(args.output)
-    if args.onnx:
+    if args.onnx:   # dependencies and the output folder are checked before the work; nothing is written yet
         try:
-            import paddle2onnx  # noqa: F401 - checked before the work, not after it
+            import paddle2onnx  # noqa: F401
         except ImportError:
-            raise ConfigError("-onnx needs paddle2onnx (pip install paddle2onnx onnxruntime)") from None
+            raise ConfigError(f"-onnx needs paddle2onnx: {ONNX_INSTALL}") from None
+    check_export_target(args.output)
     config, model = load_model(method, args)
     meta = export_model(method, config, model, args.output, class_names_for(config, args.data_path),
                         onnx=args.onnx, opset=args.opset)

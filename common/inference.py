@@ -9,7 +9,6 @@ like the classes is labelled by them; with labels, -report DIR writes per_class_
 (CSV, PNG) as -eval does (common/report.py).
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -20,9 +19,10 @@ import paddle.nn.functional as F
 from common import dist
 from common.checkpoint import load_pretrained, read_checkpoint, stored_run_info
 from common.cli import add_opts_flags, build_parser, config_from_args
-from common.data.datasets import (IMG_EXTENSIONS, DataError, ImageDataset, Sample, read_class_names,
-                                  read_list_file)
+from common.data.datasets import DataError, ImageDataset, read_class_names
 from common.data.samplers import EvalBatchSampler
+# shared with python -m common.deploy (which imports no training code)
+from common.deploy import collect_samples, folder_samples, write_csv  # noqa: F401
 from common.engine.trainer import build_loader, split_batch
 from common.errors import run_entry
 from common.outdir import atomic_write, check_output_file, check_writable
@@ -59,42 +59,6 @@ def load_model(method, args):
     return config, model
 
 
-def folder_samples(root, names, extra=()):
-    """Images under `root` (recursive, sorted); those inside a top-level sub-folder named like a class (a class-folder
-    tree such as <data>/val/<class>/...) get its label, the others -1."""
-    index = {n: i for i, n in enumerate(names)}
-    samples = []
-    for dirpath, dirs, files in os.walk(root):
-        dirs.sort()
-        rel = os.path.relpath(dirpath, root)
-        top = rel.split(os.sep)[0] if rel != "." else ""
-        for f in sorted(files):
-            if f.lower().endswith(IMG_EXTENSIONS):
-                samples.append(Sample(os.path.join(dirpath, f), index.get(top, -1), extra, root))
-    if not samples:
-        raise DataError(f"no images found under {root}")
-    return samples
-
-
-def collect_samples(target, data_path=None, extra=(), names=None):
-    """Samples for an image file, a folder or a list file. With the class `names`, images of a folder that sit in
-    a sub-folder named like a class get its label."""
-    if os.path.isdir(target) and names:
-        return folder_samples(target, names, extra)
-    if os.path.isdir(target):
-        paths = sorted(os.path.join(d, f) for d, _, files in os.walk(target) for f in files
-                       if f.lower().endswith(IMG_EXTENSIONS))
-        if not paths:
-            raise DataError(f"no images found under {target}")
-        return [Sample(p, -1, extra, target) for p in paths]
-    if not os.path.exists(target):
-        raise DataError(f"not found: {target}")
-    if target.lower().endswith(IMG_EXTENSIONS):
-        return [Sample(target, -1, extra, target)]
-    root = data_path or os.path.dirname(os.path.abspath(target))
-    return read_list_file(target, root)
-
-
 def class_names_for(config, data_path, fallback=True):
     """classes.txt under -data_path (or DATA.DATA_PATH), else the class names the -pretrained checkpoint carries
     (its meta), else the class indices (None with fallback=False)."""
@@ -115,7 +79,8 @@ def class_names_for(config, data_path, fallback=True):
 def predict_samples(method, model, config, samples, batch_size=32, topk=5, progress=True):
     """[(sample, top-k class ids, top-k probabilities)] using the method's eval transform and its main head."""
     dataset = ImageDataset(samples, method.eval_transform(config), meta_fn=method.meta_fn(config))
-    loader = build_loader(dataset, EvalBatchSampler(len(dataset), batch_size), config.DATA.NUM_WORKERS)
+    loader = build_loader(dataset, EvalBatchSampler(len(dataset), batch_size), config.DATA.NUM_WORKERS,
+                          config.DATA.SHARED_MEMORY)
     k = min(topk, config.MODEL.NUM_CLASSES)
     results, done = [], 0
     report = (Progress("predict", len(samples), lambda line: print(line, file=sys.stderr, flush=True), every=10)
@@ -133,17 +98,6 @@ def predict_samples(method, model, config, samples, batch_size=32, topk=5, progr
     if report is not None:
         report.end(done)
     return results
-
-
-def write_csv(path, results, names):
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        k = len(results[0][1]) if results else 0
-        w.writerow(["path", "label", "prediction", "prediction_name", "probability"] +
-                   [f"top{i + 1}" for i in range(1, k)])
-        for sample, ids, probs in results:
-            w.writerow([sample.path, sample.label if sample.label >= 0 else "", int(ids[0]), names[int(ids[0])],
-                        f"{probs[0]:.6f}"] + [f"{names[int(c)]}:{p:.4f}" for c, p in zip(ids[1:], probs[1:])])
 
 
 def predict_main(method, argv=None):

@@ -58,6 +58,12 @@ class ClassificationMethod:
         """Extra model inputs besides the image, as [(name, shape without the batch axis, dtype)], for export."""
         return []
 
+    def export_input_sources(self, config):
+        """{extra input name: how `python -m common.deploy` builds it}, recorded in inference.json: e.g.
+        `common.metadata.export_source(subset)` for latitude / longitude / date from the list-file columns or the
+        -lat / -lon / -date flags. An extra input without a source is refused by common.deploy."""
+        return {}
+
     def mixup_extras(self, config):
         """Whether mixup mixes the extra inputs (metadata) along with the images."""
         return True

@@ -143,15 +143,10 @@ def holds_run(folder):
 
 
 def run_files(folder):
-    """Files of a run in `folder` (checkpoints, logs, metrics, config, VisualDL), for moving aside."""
-    names = []
-    for name in os.listdir(folder):
-        if name in (LOCK_FILE,) or name.startswith("previous_run_"):
-            continue
-        if (name.endswith(".pdparams") or name.startswith("log") or name.startswith("metrics")
-                or name.startswith("config") or name in ("vdl", "launch_logs", "eval_metrics.json")):
-            names.append(name)
-    return sorted(names)
+    """Everything an earlier run left in `folder` (checkpoints, logs, metrics, reports, eval/, launch logs), for
+    moving aside: all but the lock and the earlier runs already moved aside."""
+    return sorted(name for name in os.listdir(folder)
+                  if name != LOCK_FILE and not name.startswith("previous_run_"))
 
 
 def move_previous_run(folder):

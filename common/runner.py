@@ -12,6 +12,7 @@ from common import dist
 from common.checkpoint import load_pretrained
 from common.cli import build_parser, config_from_args
 from common.config import ConfigError, config_warnings, save_config
+from common.data.loader import shared_memory_warning
 from common.engine.trainer import Trainer, build_datasets, build_eval_loader, evaluate
 from common.errors import OutputError, RunExistsError, SuiteError, add_error_sink, run_entry
 from common.logger import ScalarWriter, setup_logger
@@ -162,7 +163,8 @@ def run(method, argv=None):
     where = f"{device} (math threads per process: {threads})" if threads else device
     logger.info(f"{method.name}: {'evaluation' if config.EVAL.ONLY else 'training'} on {where}, "
                 f"{dist.world_size()} process(es); output in {out_dir}")
-    for warning in config_warnings(config):
+    warnings = config_warnings(config) + [shared_memory_warning(config.DATA.NUM_WORKERS, config.DATA.SHARED_MEMORY)]
+    for warning in filter(None, warnings):
         logger.info(f"warning: {warning}")
     # the same initial weights on every rank; per-rank randomness is re-derived each epoch
     seed_everything(config.SEED)

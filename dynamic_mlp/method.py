@@ -6,7 +6,7 @@ from common.data.datasets import DataError, read_list_file
 from common.method import ClassificationMethod
 from dynamic_mlp.config import get_config
 from dynamic_mlp.inat import read_inat_json
-from dynamic_mlp.metadata import MetadataEncoder, input_dim
+from dynamic_mlp.metadata import MetadataEncoder, export_source, input_dim
 from dynamic_mlp.model import build_from_config, uses_metadata
 
 # a child of the data-set logger, whose handlers write to the run's log (common/logger.py)
@@ -65,6 +65,12 @@ class DynamicMLPMethod(ClassificationMethod):
         if not config_uses_metadata(config):
             return []
         return [("metadata", (input_dim(config.MODEL.DYNAMIC_MLP.METADATA),), "float32")]
+
+    def export_input_sources(self, config):
+        # common.deploy encodes -lat / -lon / -date or the list-file columns itself (common.metadata)
+        if not config_uses_metadata(config):
+            return {}
+        return {"metadata": export_source(config.MODEL.DYNAMIC_MLP.METADATA)}
 
     def mixup_extras(self, config):
         return True  # the reference mixes the encoded metadata with the same lambda and partner as the images

@@ -109,3 +109,60 @@ def test_the_ema_of_a_float16_model_moves():
     np.testing.assert_allclose(after - before, np.full_like(before, 4e-5), rtol=1e-2)
     with ema.swapped_into(model):       # swapped in as the model's own dtype, and back
         assert model.weight.dtype == paddle.float16
+
+
+def test_multi_process_validation_equals_re_evaluating_the_checkpoint(small_demo, tmp_path):
+    """BatchNorm statistics drift apart per rank under DataParallel; validation uses rank 0's (the checkpoint's)."""
+    import shutil
+    from tests.helpers import env, read_json
+    from transfer.demo_split import make_demo_split
+    data = tmp_path / "data"
+    data.mkdir()
+    os.symlink(os.path.join(small_demo, "images"), data / "images")
+    for name in ("train_list.txt", "val_list.txt", "classes.txt"):
+        shutil.copy(os.path.join(small_demo, name), data / name)
+    make_demo_split(str(data))
+    cfg = os.path.join(REPO, "configs", "transfer", "demo_source.yaml")
+    quiet = ["VISUALDL", "False", "DATA.NUM_WORKERS", "0", "TRAIN.EPOCHS", "1"]
+    out = str(tmp_path / "run")
+    run_cli(["sh", "run_train_multi.sh", "-cfg", cfg, "-data_path", str(data), "-output", out, "-batch_size", "8",
+             "-opts", *quiet], NPROC=2)
+    trained = read_json(os.path.join(out, "metrics.json"))["history"][-1]
+    ev = str(tmp_path / "eval")
+    run_cli([sys.executable, "transfer/main_multi_gpu.py", "-cfg", cfg, "-data_path", str(data), "-output", ev,
+             "-eval", "-pretrained", os.path.join(out, "last.pdparams"), "-opts", *quiet])
+    again = read_json(os.path.join(ev, "eval_metrics.json"))
+    assert again["count"] == trained["val_count"]
+    assert again["correct"] == trained["val_correct"]
+    assert again["loss"] == pytest.approx(trained["val_loss"], rel=1e-5)
+
+
+def test_resume_auto_is_decided_by_rank_0(tmp_path, monkeypatch):
+    """Nodes without a shared file system: rank 1 does not see rank 0's last.pdparams (or sees a stale one)."""
+    from common import dist, runner
+    from common.config import get_default_config
+    config = get_default_config()
+    config.SAVE.OUTPUT = str(tmp_path)
+    config.MODEL.RESUME = "auto"
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    rank0_path = os.path.join(str(tmp_path), "last.pdparams")
+    # this process plays rank 1, which lacks the file rank 0 found: it must not start a fresh run on its own
+    monkeypatch.setattr(dist, "all_gather_object", lambda obj: [rank0_path, obj])
+    with pytest.raises(FileNotFoundError, match="rank 0 has it"):
+        runner.resolve_resume(config)
+    # rank 0 found nothing: a stale file on this node is ignored, every rank starts afresh
+    with open(rank0_path, "wb") as f:
+        f.write(b"stale")
+    monkeypatch.setattr(dist, "all_gather_object", lambda obj: ["", obj])
+    assert runner.resolve_resume(config) == ""
+
+
+def test_a_process_uses_the_gpu_the_launcher_selected(monkeypatch):
+    from common import dist
+    chosen = []
+    monkeypatch.setattr(paddle, "is_compiled_with_cuda", lambda: True)
+    monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(paddle, "set_device", chosen.append)
+    monkeypatch.setenv("FLAGS_selected_gpus", "3")      # e.g. GPUS=3 with one process
+    monkeypatch.setattr(dist, "world_size", lambda: 1)
+    assert dist.setup_device() == "gpu:3" and chosen == ["gpu:3"]

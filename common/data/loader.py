@@ -261,10 +261,11 @@ _QUEUE_KILLED = "Blocking queue is killed"
 class SuiteLoader:
     """`for batch in SuiteLoader(dataset, batch_sampler, num_workers)`: a list of Tensors per batch (see module)."""
 
-    def __init__(self, dataset, batch_sampler, num_workers=0):
+    def __init__(self, dataset, batch_sampler, num_workers=0, shared_memory=True):
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.num_workers = max(int(num_workers), 0)
+        self.shared_memory = bool(shared_memory)
 
     def __len__(self):
         return len(self.batch_sampler)
@@ -281,7 +282,7 @@ class SuiteLoader:
 
     def _paddle_loader(self):
         return paddle.io.DataLoader(_GuardedDataset(self.dataset), batch_sampler=self.batch_sampler,
-                                    num_workers=self.num_workers, use_shared_memory=True,
+                                    num_workers=self.num_workers, use_shared_memory=self.shared_memory,
                                     collate_fn=_collate_in_worker, worker_init_fn=_WorkerInit(os.getpid()))
 
     def _start_workers(self):
@@ -331,5 +332,26 @@ class SuiteLoader:
             _shutdown(it)
 
 
-def build_loader(dataset, batch_sampler, num_workers):
-    return SuiteLoader(dataset, batch_sampler, num_workers)
+def build_loader(dataset, batch_sampler, num_workers, shared_memory=True):
+    return SuiteLoader(dataset, batch_sampler, num_workers, shared_memory)
+
+
+SHM_FOLDER = "/dev/shm"
+SHM_MIN_FREE = 256 * 2 ** 20
+
+
+def shared_memory_warning(num_workers, shared_memory, folder=SHM_FOLDER, min_free=SHM_MIN_FREE):
+    """A message when data workers will pass batches through a /dev/shm too small for them (a container's default
+    is 64 MB: workers then die with a bus error), else ''."""
+    if num_workers <= 0 or not shared_memory or not os.path.isdir(folder):
+        return ""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return ""
+    free = st.f_bavail * st.f_frsize
+    if free >= min_free:
+        return ""
+    return (f"{folder} has only {free / 2 ** 20:.0f} MB free; data workers pass their batches through it and may die "
+            f"with a bus error. Give the container more (e.g. docker run --shm-size 8g) or set "
+            f"DATA.SHARED_MEMORY False (slower), or DATA.NUM_WORKERS 0")

@@ -81,11 +81,11 @@ def build_datasets(config, method, train=True, val=True):
     return train_set, val_set
 
 
-def build_loader(dataset, batch_sampler, num_workers):
+def build_loader(dataset, batch_sampler, num_workers, shared_memory=True):
     """The suite's loader (common/data/loader.py): a bad sample ends the run with its DataError at once, with 0 or
     N workers, and no data worker outlives the process."""
     from common.data.loader import build_loader as suite_loader
-    return suite_loader(dataset, batch_sampler, num_workers)
+    return suite_loader(dataset, batch_sampler, num_workers, shared_memory)
 
 
 def eval_batch_size(config):
@@ -94,7 +94,7 @@ def eval_batch_size(config):
 
 def build_eval_loader(config, val_set):
     sampler = EvalBatchSampler(len(val_set), eval_batch_size(config), dist.rank(), dist.world_size())
-    return build_loader(val_set, sampler, config.DATA.NUM_WORKERS)
+    return build_loader(val_set, sampler, config.DATA.NUM_WORKERS, config.DATA.SHARED_MEMORY)
 
 
 # ----------------------------------------------------------------------------------------------------------- eval
@@ -271,7 +271,7 @@ class Trainer:
         self.train_set = train_set
         self.train_sampler = TrainBatchSampler(len(train_set), cfg.DATA.BATCH_SIZE, self.rank, self.world,
                                                seed=cfg.SEED)
-        self.train_loader = build_loader(train_set, self.train_sampler, cfg.DATA.NUM_WORKERS)
+        self.train_loader = build_loader(train_set, self.train_sampler, cfg.DATA.NUM_WORKERS, cfg.DATA.SHARED_MEMORY)
         self.val_loader = build_eval_loader(cfg, val_set) if val_set is not None else None
         accum = cfg.TRAIN.ACCUM_ITER
         self.batches_per_epoch = len(self.train_sampler)
@@ -529,6 +529,18 @@ class Trainer:
         self.writer.add("train/lr", lr, self.global_step)
         self.writer.add("train/images_per_s", ips, self.global_step)
 
+    def _share_rank0_statistics(self):
+        """Each rank's BatchNorm running statistics (and the EMA's copy of them) drift apart under DataParallel, which
+        synchronises gradients only. Before validation every rank takes rank 0's, which the checkpoint holds, so the
+        validation of a multi-process run equals re-evaluating the saved checkpoint."""
+        if self.world == 1:
+            return
+        # Paddle keeps BatchNorm statistics as parameters that take no gradient, other layers may keep buffers
+        state = [p for p in self.model.parameters() if p.stop_gradient] + list(self.model.buffers())
+        dist.broadcast_from_rank0([t for t in state if paddle.is_floating_point(t)])
+        if self.ema is not None:
+            dist.broadcast_from_rank0([v for v in self.ema.state.values() if paddle.is_floating_point(v)])
+
     def fit(self, writer):
         cfg = self.config
         self.writer = writer
@@ -539,6 +551,7 @@ class Trainer:
             record = {"epoch": epoch, **stats}
             is_best = False
             if self.val_loader is not None and (epoch % cfg.EVAL.FREQ == 0 or epoch == cfg.TRAIN.EPOCHS):
+                self._share_rank0_statistics()
                 metrics = evaluate(self.model, self.method, self.val_loader, cfg, self.device)
                 record.update({f"val_{k}": v for k, v in metrics.items()})
                 self.log(self._format_metrics(f"epoch {epoch} val", metrics))

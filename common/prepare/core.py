@@ -128,6 +128,20 @@ def read_rows(path, min_cols, what="", maxsplit=-1):
     return rows
 
 
+def loadmat(path):
+    """A MATLAB .mat annotation file (ImageNet's devkit, Stanford Cars) through scipy, which only data preparation
+    needs (requirements-prepare.txt)."""
+    try:
+        import scipy.io
+    except ImportError:
+        raise PrepareError(f"{path}: reading .mat files needs scipy: pip install -r requirements-prepare.txt"
+                           ) from None
+    try:
+        return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=True)
+    except Exception as e:   # scipy raises several types for a damaged file
+        raise PrepareError(f"{path}: cannot read the .mat file: {e}") from None
+
+
 def parse_int(text, origin, what="id"):
     try:
         return int(text)

@@ -23,7 +23,7 @@ import os
 import random
 import re
 
-from .core import (Entry, Prepared, PrepareError, Split, find_file, find_root, images_under, read_rows,
+from .core import (Entry, Prepared, PrepareError, Split, find_file, find_root, images_under, loadmat, read_rows,
                    require_dir, require_file, scan_tree, sorted_subdirs, warn)
 
 # ------------------------------------------------------------------------------------------------------- DTD
@@ -132,11 +132,7 @@ def _read_val_labels(path):
 
 def _read_devkit(gt_path, meta_path):
     import numpy as np
-    import scipy.io
-    try:
-        m = scipy.io.loadmat(meta_path, squeeze_me=True, struct_as_record=True)
-    except Exception as e:
-        raise PrepareError(f"{meta_path}: cannot read the .mat file: {e}") from None
+    m = loadmat(meta_path)
     if "synsets" not in m or not {"ILSVRC2012_ID", "WNID"} <= set(np.atleast_1d(m["synsets"]).dtype.names or ()):
         raise PrepareError(f"{meta_path}: no 'synsets' struct array with ILSVRC2012_ID and WNID")
     syn = np.atleast_1d(m["synsets"])

@@ -12,7 +12,8 @@ The .mat files are looked for in SRC and SRC/devkit (and SRC/car_devkit/devkit).
 """
 import os
 
-from .core import Entry, Prepared, PrepareError, Split, find_file, find_root, read_rows, require_dir, require_file
+from .core import (Entry, Prepared, PrepareError, Split, find_file, find_root, loadmat, read_rows, require_dir,
+                   require_file)
 
 LEVELS = {"variant": ("variants.txt", 100), "family": ("families.txt", 70), "manufacturer": ("manufacturers.txt", 30)}
 AIRCRAFT_SPLITS = (("trainval", "train_list.txt", 6667, "official trainval split"),
@@ -57,11 +58,7 @@ def read_aircraft(src, opts):
 
 
 def _loadmat(path):
-    import scipy.io
-    try:
-        return scipy.io.loadmat(path, squeeze_me=True, struct_as_record=True)
-    except Exception as e:   # scipy raises several types for a damaged file
-        raise PrepareError(f"{path}: cannot read the .mat file: {e}") from None
+    return loadmat(path)
 
 
 def _annotations(path, num_classes):
