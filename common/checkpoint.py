@@ -203,11 +203,15 @@ def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None, 
     return usable, skipped
 
 
-def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print):
+def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print, model_name=None, method=None):
     """Load weights only. With `new_head`, classifier weights that are absent or of another shape are left as
     initialised (fine-tuning to a new class count); anything else that does not fit is an error. With
     `prefer_ema` (EVAL.USE_EMA, -use_ema) the checkpoint's EMA weights are loaded, and a checkpoint without them
-    is an error."""
+    is an error. A published name (``timm/...``, ``torchvision/...``, see common/hub.py) that is not a path is
+    downloaded, verified, ported for `model_name` (MODEL.NAME; the name's first model when None) and cached."""
+    from common import hub
+    if hub.is_published_name(path):
+        path = hub.resolve(path, model_name=model_name, method=method, log=log)
     obj = read_checkpoint(path)
     if prefer_ema and not (isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and obj["ema"]):
         raise CheckpointMismatchError(

@@ -1,0 +1,257 @@
+"""Published weights by name: ``-pretrained timm/resmlp_24_224.fb_distilled_in1k`` (or any name of
+``common/hub_table.py``) is downloaded once, verified, ported with the model's registered rules and cached.
+
+    python -m common.hub --list          # which published names load into which suite model
+
+Cache folder: ``$SUITE_CACHE`` (default ``~/.cache/paddle-fg-suite``):
+
+* ``downloads/timm/<repo>/model.safetensors``, ``downloads/torchvision/<file>``: the source files. A file placed
+  there by hand (e.g. on a machine without network) is used, after the same checks.
+* ``ported/<source>/<name>--<port spec>.pdparams``: what ``load_pretrained`` reads. Once it exists no request is made.
+
+Hosts: ``$SUITE_HUB_ENDPOINT`` (default https://huggingface.co) for ``timm/`` names, ``$SUITE_TORCHVISION_ENDPOINT``
+(default https://download.pytorch.org) for ``torchvision/`` names.
+"""
+import argparse
+import hashlib
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from common.errors import SuiteError
+from common.hub_table import HUB_TABLE
+
+__all__ = ["HubError", "is_published_name", "lookup", "source_url", "download_path", "ported_path", "resolve"]
+
+DEFAULT_CACHE = os.path.join("~", ".cache", "paddle-fg-suite")
+DEFAULT_HUB = "https://huggingface.co"
+DEFAULT_TORCHVISION = "https://download.pytorch.org"
+PREFIXES = ("timm/", "torchvision/")
+TIMEOUT_S = 30
+CHUNK = 1 << 20
+
+
+class HubError(SuiteError):
+    """A published name that cannot be used: unknown, not for this model, unreachable, or failing its checks."""
+
+
+def is_published_name(value):
+    """True for a value spelled like a published name (``timm/...``, ``torchvision/...``) that is not a path."""
+    return (isinstance(value, str) and value.startswith(PREFIXES) and not os.path.exists(value)
+            and not os.path.exists(value + ".pdparams"))
+
+
+def cache_dir():
+    return os.path.abspath(os.path.expanduser(os.environ.get("SUITE_CACHE") or DEFAULT_CACHE))
+
+
+def lookup(name):
+    entry = HUB_TABLE.get(name)
+    if entry is None:
+        source = name.split("/", 1)[0]
+        same = sorted(n for n in HUB_TABLE if n.startswith(source + "/"))
+        raise HubError(f"'{name}' is not a published name this suite knows (python -m common.hub --list); known "
+                       f"{source} names: {', '.join(same) or '(none)'}. A local file is given by its path")
+    return entry
+
+
+def source_url(name):
+    entry = lookup(name)
+    if entry["source"] == "timm":
+        host = os.environ.get("SUITE_HUB_ENDPOINT") or DEFAULT_HUB
+        return f"{host.rstrip('/')}/timm/{entry['repo']}/resolve/main/{entry['file']}"
+    host = os.environ.get("SUITE_TORCHVISION_ENDPOINT") or DEFAULT_TORCHVISION
+    return f"{host.rstrip('/')}/models/{entry['file']}"
+
+
+def download_path(name):
+    """Where the source file is cached (and where a file downloaded by hand can be placed)."""
+    entry = lookup(name)
+    if entry["source"] == "timm":
+        return os.path.join(cache_dir(), "downloads", "timm", entry["repo"], entry["file"])
+    return os.path.join(cache_dir(), "downloads", "torchvision", entry["file"])
+
+
+def _choose(name, entry, model_name=None, method=None):
+    """The table's (method, model, port spec, allow-missing) row for the model (the first row when not named)."""
+    rows = entry["models"]
+    if model_name is None:
+        fitting = [r for r in rows if method in (None, r[0])] or rows
+        return fitting[0]
+    for row in rows:
+        if row[1] == model_name and (method in (None, "") or row[0] is None or row[0] == method):
+            return row
+    loads = ", ".join(sorted({f"{r[1]} ({r[0]})" for r in rows}))
+    raise HubError(f"published weights '{name}' do not fit model '{model_name}'"
+                   f"{f' ({method})' if method else ''}: they load into {loads}")
+
+
+def ported_path(name, spec_name):
+    source, rest = name.split("/", 1)
+    return os.path.join(cache_dir(), "ported", source, f"{rest}--{spec_name}.pdparams")
+
+
+def check_name(name, model_name=None, method=None):
+    """Validate a published name for a model without touching the network; returns the chosen table row."""
+    return _choose(name, lookup(name), model_name, method)
+
+
+def _human(n):
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024.0
+
+
+class _Progress:
+    def __init__(self, url, total, out=None, every=0.5):
+        self.url, self.total, self.out, self.every = url, total, out or sys.stderr, every
+        self.start = self.last = time.monotonic()
+        self.done = 0
+
+    def update(self, n, final=False):
+        self.done += n
+        now = time.monotonic()
+        if not final and now - self.last < self.every:
+            return
+        self.last = now
+        speed = self.done / max(now - self.start, 1e-6)
+        if self.total:
+            eta = (self.total - self.done) / speed if speed > 0 else float("inf")
+            text = (f"{_human(self.done)} / {_human(self.total)} ({100.0 * self.done / self.total:.0f}%), "
+                    f"{_human(speed)}/s, ETA {eta:.0f} s")
+        else:
+            text = f"{_human(self.done)}, {_human(speed)}/s"
+        print(f"download {os.path.basename(self.url)}: {text}", file=self.out, flush=True)
+
+
+def _verify(path, entry, what, digest=None):
+    """Size and hash checks of the table entry; raises HubError naming expected and actual values."""
+    size = os.path.getsize(path)
+    if entry.get("size") is not None and size != entry["size"]:
+        raise HubError(f"{what}: size {size} bytes, expected {entry['size']}")
+    if digest is None:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                h.update(chunk)
+        digest = h.hexdigest()
+    if entry.get("sha256") and digest != entry["sha256"].lower():
+        raise HubError(f"{what}: SHA-256 {digest} does not match the expected {entry['sha256']}")
+    prefix = entry.get("sha256_prefix")
+    if prefix and not digest.startswith(prefix.lower()):
+        raise HubError(f"{what}: SHA-256 {digest} does not start with the published prefix {prefix}")
+    return digest
+
+
+def _download(name, url, dest, log):
+    entry = lookup(name)
+    folder = os.path.dirname(dest)
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{dest}.part{os.getpid()}"
+    request = urllib.request.Request(url, headers={"User-Agent": "paddle-fg-suite"})
+    offline = (f"cannot download {url}: {{reason}}. Without network, download that file by hand and place it at "
+               f"{dest}; it is then verified and ported (hosts: SUITE_HUB_ENDPOINT / SUITE_TORCHVISION_ENDPOINT)")
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        raise HubError(offline.format(reason=f"HTTP {e.code} {e.reason}")) from None
+    except (urllib.error.URLError, OSError) as e:
+        raise HubError(offline.format(reason=getattr(e, "reason", None) or e)) from None
+    log(f"downloading {name} from {url} to {dest}")
+    h = hashlib.sha256()
+    try:
+        with response:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            progress = _Progress(url, total or entry.get("size"))
+            with open(tmp, "wb") as f:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, ValueError) as e:  # e.g. http.client.IncompleteRead, a reset connection
+                        raise HubError(offline.format(reason=f"the connection broke after {progress.done} bytes "
+                                                      f"({type(e).__name__}: {e})")) from None
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    h.update(chunk)
+                    progress.update(len(chunk))
+                f.flush()
+                os.fsync(f.fileno())
+            progress.update(0, final=True)
+            if total is not None and progress.done != total:
+                raise HubError(f"{url}: download truncated: got {progress.done} bytes, the server announced {total}; "
+                               f"nothing was cached")
+        _verify(tmp, entry, f"{url} (downloaded)", digest=h.hexdigest())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return dest
+
+
+def _port(name, spec_name, allow_missing, src, dst, log):
+    from common.checkpoint import atomic_save
+    from common.port import discover_specs, port_file
+    registry, _, errors = discover_specs()
+    if spec_name not in registry:
+        raise HubError(f"'{name}' loads into '{spec_name}', which no method folder defines"
+                       + (f" (could not load: {', '.join(errors)})" if errors else ""))
+    ported, report = port_file(registry[spec_name], src, allow_missing=allow_missing, log=log)[:2]
+    log(report.summary())
+    atomic_save(ported, dst)
+    log(f"cached {dst} ({len(ported)} tensors, {name} ported for {spec_name})")
+    return dst
+
+
+def resolve(name, model_name=None, method=None, log=None):
+    """The cached ``.pdparams`` of published weights `name` for `model_name` (MODEL.NAME; the table's first model
+    when None): ported from the cached download, downloaded first when needed."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    entry = lookup(name)
+    _, _, spec_name, allow_missing = _choose(name, entry, model_name, method)
+    dst = ported_path(name, spec_name)
+    if os.path.isfile(dst):
+        return dst
+    src = download_path(name)
+    if os.path.isfile(src):
+        log(f"using {src} (found in the cache) for {name}")
+        try:
+            _verify(src, entry, src)
+        except HubError as e:
+            raise HubError(f"{e}; delete or replace that file") from None
+    else:
+        _download(name, source_url(name), src, log)
+    return _port(name, spec_name, list(allow_missing), src, dst, log)
+
+
+def print_list(out=sys.stdout):
+    print(f"published weights (-pretrained NAME; cache {cache_dir()}):", file=out)
+    for name in sorted(HUB_TABLE):
+        entry = HUB_TABLE[name]
+        models = ", ".join(f"{m} ({meth})" for meth, m, _, _ in entry["models"])
+        print(f"  {name:48s} -> {models}", file=out)
+        print(f"  {'':48s}    {entry['hash_note']}" + (f"; {entry['note']}" if entry.get("note") else ""),
+              file=out)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m common.hub",
+                                description="Published weights that -pretrained accepts by name.")
+    p.add_argument("--list", action="store_true", help="list the published names and the models they load into")
+    p.add_argument("--get", metavar="NAME", help="download, verify, port and cache NAME; print the cached path")
+    p.add_argument("--model", default=None, help="with --get: the suite model (MODEL.NAME) to port for")
+    args = p.parse_args(argv)
+    if args.get:
+        print(resolve(args.get, model_name=args.model))
+        return 0
+    print_list()
+    return 0
+
+
+if __name__ == "__main__":
+    from common.errors import run_entry
+    sys.exit(run_entry(main))
