@@ -208,10 +208,13 @@ def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print, mo
     initialised (fine-tuning to a new class count); anything else that does not fit is an error. With
     `prefer_ema` (EVAL.USE_EMA, -use_ema) the checkpoint's EMA weights are loaded, and a checkpoint without them
     is an error. A published name (``timm/...``, ``torchvision/...``, see common/hub.py) that is not a path is
-    downloaded, verified, ported for `model_name` (MODEL.NAME; the name's first model when None) and cached."""
+    downloaded, verified, ported for `model_name` (MODEL.NAME; the name's first model when None) and cached; with
+    `model_name`, a local PyTorch / safetensors file is ported with that model's rules and cached too."""
     from common import hub
     if hub.is_published_name(path):
         path = hub.resolve(path, model_name=model_name, method=method, log=log)
+    elif model_name and hub.is_foreign_checkpoint(path):   # a PyTorch / safetensors file: ported on the fly
+        path = hub.port_local(path, model_name, method=method, log=log)
     obj = read_checkpoint(path)
     if prefer_ema and not (isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and obj["ema"]):
         raise CheckpointMismatchError(

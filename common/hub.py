@@ -14,6 +14,7 @@ Hosts: ``$SUITE_HUB_ENDPOINT`` (default https://huggingface.co) for ``timm/`` na
 """
 import argparse
 import hashlib
+import http.client
 import os
 import sys
 import time
@@ -23,7 +24,8 @@ import urllib.request
 from common.errors import SuiteError
 from common.hub_table import HUB_TABLE
 
-__all__ = ["HubError", "is_published_name", "lookup", "source_url", "download_path", "ported_path", "resolve"]
+__all__ = ["HubError", "is_published_name", "lookup", "source_url", "download_path", "ported_path", "resolve",
+           "is_foreign_checkpoint", "port_local"]
 
 DEFAULT_CACHE = os.path.join("~", ".cache", "paddle-fg-suite")
 DEFAULT_HUB = "https://huggingface.co"
@@ -148,8 +150,6 @@ def _verify(path, entry, what, digest=None):
 
 def _download(name, url, dest, log):
     entry = lookup(name)
-    folder = os.path.dirname(dest)
-    os.makedirs(folder, exist_ok=True)
     tmp = f"{dest}.part{os.getpid()}"
     request = urllib.request.Request(url, headers={"User-Agent": "paddle-fg-suite"})
     offline = (f"cannot download {url}: {{reason}}. Without network, download that file by hand and place it at "
@@ -161,6 +161,7 @@ def _download(name, url, dest, log):
     except (urllib.error.URLError, OSError) as e:
         raise HubError(offline.format(reason=getattr(e, "reason", None) or e)) from None
     log(f"downloading {name} from {url} to {dest}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
     h = hashlib.sha256()
     try:
         with response:
@@ -171,7 +172,7 @@ def _download(name, url, dest, log):
                 while True:
                     try:
                         chunk = response.read(CHUNK)
-                    except (OSError, ValueError) as e:  # e.g. http.client.IncompleteRead, a reset connection
+                    except (OSError, ValueError, http.client.HTTPException) as e:  # IncompleteRead, a reset connection
                         raise HubError(offline.format(reason=f"the connection broke after {progress.done} bytes "
                                                       f"({type(e).__name__}: {e})")) from None
                     if not chunk:
@@ -226,6 +227,63 @@ def resolve(name, model_name=None, method=None, log=None):
     else:
         _download(name, source_url(name), src, log)
     return _port(name, spec_name, list(allow_missing), src, dst, log)
+
+
+FOREIGN_FORMATS = ("torch_zip", "torch_legacy", "safetensors")
+
+
+def is_foreign_checkpoint(path):
+    """True for an existing PyTorch (.pth/.pt/.bin) or safetensors file: ported on the fly by `port_local`."""
+    if not (isinstance(path, str) and path and os.path.isfile(path)):
+        return False
+    from common.porting.reader import checkpoint_format
+    try:
+        return checkpoint_format(path) in FOREIGN_FORMATS
+    except (OSError, ValueError):
+        return False
+
+
+def _local_spec(model_name, method=None):
+    from common.port import discover_specs
+    registry, origin, _ = discover_specs()
+    candidates = [model_name, f"pim_backbone_{model_name}"]
+    for name in candidates:
+        if name in registry and (not method or origin[name] == f"{method}.port_weights"):
+            return registry[name]
+    raise HubError(f"no port rules for model '{model_name}'{f' ({method})' if method else ''}: convert the file "
+                   f"with python -m common.port --model NAME --src FILE --dst out.pdparams (see --list)")
+
+
+def port_local(path, model_name, method=None, log=None):
+    """A local PyTorch / safetensors file ported for `model_name` with its registered rules and cached (key: the
+    file's absolute path, size and modification time, and the model); returns the cached ``.pdparams``."""
+    from common.checkpoint import atomic_save
+    from common.port import port_file
+    from common.porting.rules import PortError
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    spec = _local_spec(model_name, method)
+    st = os.stat(path)
+    src = os.path.abspath(path)
+    key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}|{spec.name}".encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(src))[0]
+    dst = os.path.join(cache_dir(), "local", f"{stem}-{key}--{spec.name}.pdparams")
+    if os.path.isfile(dst):
+        log(f"pretrained {path}: using its port cached at {dst}")
+        return dst
+    try:
+        ported, report = port_file(spec, src, log=log)[:2]
+    except PortError:
+        # backbone weights (e.g. ImageNet) for a model with parts of its own: leave those parts to the model
+        from common.hub_table import HUB_TABLE
+        allow = sorted({p for e in HUB_TABLE.values() for _, _, sn, am in e["models"] if sn == spec.name for p in am})
+        if not allow:
+            raise
+        log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
+        ported, report = port_file(spec, src, allow_missing=allow, log=log)[:2]
+    log(report.summary())
+    atomic_save(ported, dst)
+    log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
+    return dst
 
 
 def print_list(out=sys.stdout):

@@ -17,10 +17,12 @@ SIGTERM / SIGINT / SIGHUP to this process stop the whole run: Paddle's launcher,
 the exit status is then 128 + the signal. When a rank fails, its own `error:` line is repeated on the console.
 """
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("resmlp", "dynamic_mlp", "pim", "transfer")
@@ -257,12 +259,45 @@ def worker_error_lines(log_dir):
     return lines
 
 
+# Lines of Paddle's launcher (and of the ranks' C++ start-up) that a normal run's console does not need: they stay in
+# <log_dir>/launcher.log. Warnings and errors (LAUNCH WARNING / ERROR, glog W/E lines) still reach the console.
+NOISE = re.compile(r"^(LAUNCH INFO |I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\] |=+( Modified FLAGS detected =+)?$|"
+                   r"FLAGS\(name=)")
+QUIET_WARNINGS = "ignore:No ccache found"
+
+
+def _relay(stream, console, log):
+    for raw in iter(stream.readline, b""):
+        log.write(raw)
+        log.flush()
+        if not NOISE.match(raw.decode("utf-8", "replace")):
+            console.write(raw)
+            console.flush()
+    stream.close()
+
+
+def start_relays(proc, log_path):
+    """Threads copying the child's stdout / stderr to the console, less the noise, and everything to `log_path`."""
+    log = open(log_path, "ab")
+    relays = [threading.Thread(target=_relay, args=(stream, console.buffer, log), daemon=True)
+              for stream, console in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
+    for relay in relays:
+        relay.start()
+    return relays
+
+
 def run_child(cmd, env, log_dir=None):
     """Run the launcher / trainer and stop its whole process tree on SIGTERM / SIGINT / SIGHUP; afterwards no
     process it started is left. Returns the exit status (128 + signal when stopped by one)."""
     from common.proctree import become_subreaper, descendants, reap_children, stop_tree
     become_subreaper()
-    proc = subprocess.Popen(cmd, env=env)
+    quiet = log_dir is not None   # Paddle's launcher: its chatter goes to <log_dir>/launcher.log only
+    if quiet:
+        os.makedirs(log_dir, exist_ok=True)
+        env = dict(env, PYTHONWARNINGS=",".join(filter(None, [env.get("PYTHONWARNINGS"), QUIET_WARNINGS])))
+    pipe = subprocess.PIPE if quiet else None
+    proc = subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe)
+    relays = start_relays(proc, os.path.join(log_dir, "launcher.log")) if quiet else []
     received = []
 
     def forward(signum, frame):
@@ -284,6 +319,8 @@ def run_child(cmd, env, log_dir=None):
             break
         except InterruptedError:
             continue
+    for relay in relays:
+        relay.join(timeout=5)
     # anything the run left behind was adopted by this process (a subreaper): stop it and collect it
     members = descendants(os.getpid())
     if members:

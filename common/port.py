@@ -91,11 +91,18 @@ def _paddle_dtypes(state):
 
 
 def _print_list(registry, origin, errors, out):
-    print("models that can be ported:", file=out)
+    from common.hub_table import HUB_TABLE
+    published = {}
+    for pname, entry in sorted(HUB_TABLE.items()):
+        for _, _, spec_name, _ in entry["models"]:
+            published.setdefault(spec_name, []).append(pname)
+    print("models that can be ported (published names for -pretrained: python -m common.hub --list):", file=out)
     for name in sorted(registry):
         spec = registry[name]
         flavours = ", ".join(f.name for f in spec.flavours)
         print(f"  {name:32s} [{flavours}]  ({origin[name]})", file=out)
+        if published.get(name):
+            print(f"  {'':32s} -pretrained {' | '.join(dict.fromkeys(published[name]))}", file=out)
     for mod, msg in errors.items():
         print(f"  (could not load {mod}: {msg})", file=out)
 

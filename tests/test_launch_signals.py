@@ -82,3 +82,19 @@ def test_a_failing_rank_ends_the_run_and_its_error_reaches_the_console(small_dem
     assert elapsed < 120, elapsed
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:") and "(rank 1" in line]
     assert lines and bad.split("/")[-1] in lines[0], proc.stderr[-3000:]
+
+
+def test_the_console_of_a_multi_process_run_is_quiet(small_demo, tmp_path):
+    """Paddle's launcher prints dozens of LAUNCH INFO lines and its ranks glog start-up lines: they go to
+    launch_logs/launcher.log; the console keeps the run's own log."""
+    out = str(tmp_path / "run")
+    proc = subprocess.run(["sh", "run_train_multi.sh", "-cfg", DEMO_CFG, "-data_path", small_demo, "-output", out,
+                           "-batch_size", "8", "-opts", *TINY_RESMLP, "TRAIN.EPOCHS", "1"], cwd=REPO,
+                          env=env(NPROC=2), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    console = proc.stdout + proc.stderr
+    for noise in ("LAUNCH INFO", "Modified FLAGS", "tcp_utils.cc", "No ccache found"):
+        assert noise not in console, noise
+    assert "final (epoch 1)" in proc.stdout
+    with open(os.path.join(out, "launch_logs", "launcher.log")) as f:
+        assert "LAUNCH INFO" in f.read()
