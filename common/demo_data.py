@@ -17,7 +17,6 @@ Missing metadata is written as "nan nan nan".
 """
 import argparse
 import datetime
-import math
 import os
 
 import numpy as np

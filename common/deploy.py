@@ -341,7 +341,7 @@ def native_stdout_to_stderr():
 
 
 def _deploy(args):
-    from common.outdir import atomic_write, check_output_file
+    from common.outdir import check_output_file
     check_args(args)
     gpu_id = parse_device(args.device)
     if args.csv:
@@ -357,16 +357,23 @@ def _deploy(args):
     with native_stdout_to_stderr():   # Paddle Inference's C++ prints debugging lines (ReduceMeanCheckIfOneDNNSupport)
         clf = ExportedClassifier(args.export_dir, backend=args.backend, threads=args.threads, gpu_id=gpu_id)
         results = predict(clf, samples, builders, args.batch_size, args.topk)
+    print_predictions(results, names, args.csv)
+    return results
+
+
+def print_predictions(results, names, csv_path=None):
+    """Top-k per image, top-1 over the labelled ones, and the CSV (written atomically) when asked for; shared by
+    this CLI and `<method>/predict.py`."""
     for sample, ids, probs in results:
         print(f"{sample.path}: " + ", ".join(f"{names[int(c)]} {p:.3f}" for c, p in zip(ids, probs)))
     labelled = [(s, ids) for s, ids, _ in results if s.label >= 0]
     if labelled:
         correct = sum(int(ids[0]) == s.label for s, ids in labelled)
         print(f"top-1 on {len(labelled)} labelled images: {100.0 * correct / len(labelled):.2f}% ({correct})")
-    if args.csv:
-        atomic_write(args.csv, lambda tmp: write_csv(tmp, results, names))
-        print(f"wrote {args.csv}")
-    return results
+    if csv_path:
+        from common.outdir import atomic_write
+        atomic_write(csv_path, lambda tmp: write_csv(tmp, results, names))
+        print(f"wrote {csv_path}")
 
 
 def main(argv=None):

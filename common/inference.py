@@ -12,7 +12,6 @@ import argparse
 import os
 import sys
 
-import numpy as np
 import paddle
 import paddle.nn.functional as F
 
@@ -22,10 +21,10 @@ from common.cli import add_opts_flags, build_parser, config_from_args
 from common.data.datasets import DataError, ImageDataset, read_class_names
 from common.data.samplers import EvalBatchSampler
 # shared with python -m common.deploy (which imports no training code)
-from common.deploy import collect_samples, folder_samples, write_csv  # noqa: F401
+from common.deploy import collect_samples, folder_samples, print_predictions, write_csv  # noqa: F401
 from common.engine.trainer import build_loader, split_batch
 from common.errors import run_entry
-from common.outdir import atomic_write, check_output_file, check_writable
+from common.outdir import check_output_file, check_writable
 from common.report import ClassCounts, Progress, write_class_report
 
 
@@ -128,16 +127,7 @@ def _predict(method, args):
     if args.report:
         check_report_labels(samples, config.MODEL.NUM_CLASSES, args.image, known)
     results = predict_samples(method, model, config, samples, args.batch_size, args.topk)
-    for sample, ids, probs in results:
-        top = ", ".join(f"{names[int(c)]} {pr:.3f}" for c, pr in zip(ids, probs))
-        print(f"{sample.path}: {top}")
-    labelled = [(s, ids) for s, ids, _ in results if s.label >= 0]
-    if labelled:
-        correct = sum(int(ids[0]) == s.label for s, ids in labelled)
-        print(f"top-1 on {len(labelled)} labelled images: {100.0 * correct / len(labelled):.2f}% ({correct})")
-    if args.csv:
-        atomic_write(args.csv, lambda tmp: write_csv(tmp, results, names))
-        print(f"wrote {args.csv}")
+    print_predictions(results, names, args.csv)
     if args.report:
         counts = ClassCounts(config.MODEL.NUM_CLASSES).add([s.label for s, _, _ in results],
                                                            [int(ids[0]) for _, ids, _ in results])

@@ -3,7 +3,6 @@
 Parameter names follow PaddleViT (`patch_embed.patch_embed`, `mixer_layers.i.*`, `norm`, `head`) so that its
 released `.pdparams` load unchanged, and timm's checkpoints port with two prefix renames plus Linear transposes.
 """
-import paddle
 import paddle.nn as nn
 
 from common import init, layers

@@ -3,10 +3,8 @@ non-finite losses, strict pretrained loading."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
-import numpy as np
 import pytest
 
 from tests.helpers import REPO, TINY_RESMLP, env, read_json, resmlp_main, run_cli

@@ -114,7 +114,7 @@ def test_the_ema_of_a_float16_model_moves():
 def test_multi_process_validation_equals_re_evaluating_the_checkpoint(small_demo, tmp_path):
     """BatchNorm statistics drift apart per rank under DataParallel; validation uses rank 0's (the checkpoint's)."""
     import shutil
-    from tests.helpers import env, read_json
+    from tests.helpers import read_json
     from transfer.demo_split import make_demo_split
     data = tmp_path / "data"
     data.mkdir()

@@ -180,7 +180,7 @@ class PortReport:
         if self.dropped:
             lines.append(f"dropped {len(self.dropped)} source tensors: " + _short_list(s for s, _ in self.dropped))
         if self.missing_allowed:
-            lines.append(f"left for the model to initialise (--allow-missing): " + _short_list(self.missing_allowed))
+            lines.append("left for the model to initialise (--allow-missing): " + _short_list(self.missing_allowed))
         if self.skipped:
             lines.append("source tensors not used because the target is allowed missing and the shape differs: "
                          + _short_list(f"{s} {tuple(a)} vs {t} {tuple(b)}" for s, t, a, b in self.skipped))

@@ -1,7 +1,6 @@
 """`python -m common.prepare DATASET --src DIR --dst DIR [options]`: one sub-command per data set."""
 import argparse
 import os
-import sys
 
 from common.errors import run_entry
 
