@@ -208,6 +208,28 @@ def _port(name, spec_name, allow_missing, src, dst, log):
     return dst
 
 
+class _Lock:
+    """An exclusive lock on `<path>.lock` (several processes of one run ask for the same file: one downloads and
+    ports, the others then find the cached result)."""
+
+    def __init__(self, path):
+        self.path = path + ".lock"
+
+    def __enter__(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.f = open(self.path, "a")
+        try:
+            import fcntl
+            fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
+        except (ImportError, OSError):   # no flock (Windows, some network file systems): work unlocked
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()   # closing releases the lock
+        return False
+
+
 def resolve(name, model_name=None, method=None, log=None):
     """The cached ``.pdparams`` of published weights `name` for `model_name` (MODEL.NAME; the table's first model
     when None): ported from the cached download, downloaded first when needed."""
@@ -217,16 +239,19 @@ def resolve(name, model_name=None, method=None, log=None):
     dst = ported_path(name, spec_name)
     if os.path.isfile(dst):
         return dst
-    src = download_path(name)
-    if os.path.isfile(src):
-        log(f"using {src} (found in the cache) for {name}")
-        try:
-            _verify(src, entry, src)
-        except HubError as e:
-            raise HubError(f"{e}; delete or replace that file") from None
-    else:
-        _download(name, source_url(name), src, log)
-    return _port(name, spec_name, list(allow_missing), src, dst, log)
+    with _Lock(dst):
+        if os.path.isfile(dst):   # another process made it meanwhile
+            return dst
+        src = download_path(name)
+        if os.path.isfile(src):
+            log(f"using {src} (found in the cache) for {name}")
+            try:
+                _verify(src, entry, src)
+            except HubError as e:
+                raise HubError(f"{e}; delete or replace that file") from None
+        else:
+            _download(name, source_url(name), src, log)
+        return _port(name, spec_name, list(allow_missing), src, dst, log)
 
 
 FOREIGN_FORMATS = ("torch_zip", "torch_legacy", "safetensors")
@@ -270,18 +295,22 @@ def port_local(path, model_name, method=None, log=None):
     if os.path.isfile(dst):
         log(f"pretrained {path}: using its port cached at {dst}")
         return dst
-    try:
-        ported, report = port_file(spec, src, log=log)[:2]
-    except PortError:
-        # backbone weights (e.g. ImageNet) for a model with parts of its own: leave those parts to the model
-        from common.hub_table import HUB_TABLE
-        allow = sorted({p for e in HUB_TABLE.values() for _, _, sn, am in e["models"] if sn == spec.name for p in am})
-        if not allow:
-            raise
-        log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
-        ported, report = port_file(spec, src, allow_missing=allow, log=log)[:2]
-    log(report.summary())
-    atomic_save(ported, dst)
+    with _Lock(dst):
+        if os.path.isfile(dst):
+            return dst
+        try:
+            ported, report = port_file(spec, src, log=log)[:2]
+        except PortError:
+            # backbone weights (e.g. ImageNet) for a model with parts of its own: leave those parts to the model
+            from common.hub_table import HUB_TABLE
+            allow = sorted({p for e in HUB_TABLE.values() for _, _, sn, am in e["models"] if sn == spec.name
+                            for p in am})
+            if not allow:
+                raise
+            log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
+            ported, report = port_file(spec, src, allow_missing=allow, log=log)[:2]
+        log(report.summary())
+        atomic_save(ported, dst)
     log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
     return dst
 

@@ -95,7 +95,9 @@ def _publish(root, timm_file, repo="resmlp_12_224.fb_in1k"):
 
 
 def _cached_files(cache):
-    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+    """Files in the cache folder besides lock files (which hold nothing)."""
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*")
+                  if p.is_file() and p.suffix != ".lock") if cache.exists() else []
 
 
 def test_download_port_load_matches_manual_port_and_second_call_is_offline(env, timm_file, tmp_path, capsys):
@@ -253,3 +255,24 @@ def test_local_safetensors_is_ported_on_the_fly_and_cached(env, timm_file, tmp_p
     load_pretrained(model2, str(local), model_name="resmlp_12_224", log=lambda m: None)
     assert len(list((cache / "local").glob("*.pdparams"))) == 2
     assert handler.requests == []
+
+
+def test_concurrent_callers_download_once(env, timm_file):
+    """Processes of one run ask for the same name at once: one downloads and ports, the others wait for it."""
+    root, handler, cache = env
+    path = _publish(root, timm_file)
+    results, errors = [], []
+
+    def call():
+        try:
+            results.append(hub.resolve(NAME, model_name="resmlp_12_224", log=lambda m: None))
+        except Exception as e:  # noqa: B902 - reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(set(results)) == 1 and len(results) == 3
+    assert handler.requests == [path]
