@@ -43,7 +43,8 @@ def load_model(method, args):
     """Config from -cfg (or the checkpoint's stored config) and -opts / -o, model with the -pretrained weights (the
     EMA weights with -use_ema / EVAL.USE_EMA), in eval mode. Notes about the config go to stderr."""
     if paddle.device.get_device() == "cpu":
-        dist.set_cpu_threads()   # the cores and MKL's fast path, as the runner gives training
+        # the cores and MKL's fast path, as the runner gives training
+        print(f"cpu: {dist.set_cpu_threads()} math threads", file=sys.stderr)
     cli = build_parser().parse_args([])
     cli.cfg, cli.pretrained, cli.opts, cli.data_path = args.cfg, args.pretrained, args.opts, args.data_path
     cli.o, cli.use_ema = getattr(args, "o", None) or [], getattr(args, "use_ema", False)

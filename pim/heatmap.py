@@ -1,6 +1,7 @@
 """PIM heat map: where a trained model sees a chosen class in an image. One PNG per image: original | map | overlay
-side by side at the shown image's own resolution (the model's resized and cropped view), titled with the class
-name and its probability, with the map's colour bar.
+side by side at the image's own resolution (the map drawn where the model's resized and cropped view lies in the
+image; blank outside it), titled with the class name and its probability, with the map's colour bar. -save_map
+writes the map of the model's view itself.
 
     python pim/heatmap.py -cfg configs/pim/cub_swin_large_384.yaml -pretrained best.pdparams \\
         -image bird.jpg -target_class 12 -output bird_heat.png [-method tokens|gradcam] [-head combiner]
@@ -118,9 +119,25 @@ def blend(image, heat, alpha=0.5, threshold=0.0):
     return np.clip(image.astype(np.float64) * (1 - a) + colour * a, 0, 255).astype(np.uint8)
 
 
+def on_original(heat, box, size):
+    """The [h, w] map of the model's view drawn where that view lies in the original image of `size` (w, h): a
+    [H, W] map at the original's resolution, NaN outside the view (or None when `box` is None)."""
+    if box is None:
+        return None
+    w, h = size
+    left, top, right, bottom = box
+    x0, y0 = max(0, int(round(left))), max(0, int(round(top)))
+    x1, y1 = min(w, int(round(right))), min(h, int(round(bottom)))
+    full = np.full((h, w), np.nan, dtype=np.float32)
+    if x1 > x0 and y1 > y0:
+        resized = Image.fromarray(heat.astype(np.float32), mode="F").resize((x1 - x0, y1 - y0), Image.BILINEAR)
+        full[y0:y1, x0:x1] = np.clip(np.asarray(resized), 0.0, 1.0)
+    return full
+
+
 def panels(shown, heat, overlay, title, labels=("original", "map", "overlay")):
-    """Figure (matplotlib, no pyplot): original | map | overlay side by side, each at the shown image's own
-    resolution (one image pixel, one figure pixel at 100 dpi), a title above, the map's colour bar at the right."""
+    """Figure (matplotlib, no pyplot): original | map | overlay side by side, each at the image's own resolution
+    (one image pixel, one figure pixel at 100 dpi), a title above, the map's colour bar at the right."""
     from matplotlib.figure import Figure
 
     import textwrap
@@ -240,12 +257,14 @@ def _one_heatmap(model, method, transform, names, path, png, npy, target, head, 
 
     from common.config import ConfigError
     from common.data.datasets import load_rgb
+    from common.data.transforms import view_box
     from common.outdir import atomic_write
 
     img = load_rgb(path)
     x = paddle.to_tensor(transform(img)[None])
+    geometry = transform.steps[:-1]       # the resize and crop, without normalisation
     shown = img
-    for step in transform.steps[:-1]:     # the same resize and crop, without normalisation
+    for step in geometry:
         shown = step(shown)
     with paddle.no_grad():
         heads = method.eval_heads(model(x))
@@ -255,11 +274,15 @@ def _one_heatmap(model, method, transform, names, path, png, npy, target, head, 
     pred = int(probs.argmax())
     target = pred if target is None else target
     heat = class_heatmap(model, x, target, kind, head, method.eval_heads)
-    shown = np.asarray(shown.convert("RGB"))
-    overlay = blend(shown, heat, args.alpha, args.threshold)
+    original, full = np.asarray(img), on_original(heat, view_box(geometry, img.size), img.size)
+    if full is None:   # a transform whose geometry is not known: show the model's view instead
+        original, full = np.asarray(shown.convert("RGB")), heat
+    overlay = blend(original, np.nan_to_num(full), args.alpha, args.threshold)
+    if full is not heat:
+        overlay = np.where(np.isnan(full)[..., None], original, overlay)
     title = f"{names[target]}: p {probs[target]:.3f}" + (
         "" if target == pred else f" (predicted {names[pred]}: {probs[pred]:.3f})") + f", head {head}"
-    fig = panels(shown, heat, overlay, title, ("original", f"{kind} map", "overlay"))
+    fig = panels(original, full, overlay, title, ("original", f"{kind} map", "overlay"))
     atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     if npy:
         def save(tmp):

@@ -99,3 +99,16 @@ def test_mkl_fast_path_is_requested_on_amd_only_and_a_user_choice_wins(monkeypat
         monkeypatch.delenv("MKL_DEBUG_CPU_TYPE")
     assert dist.prefer_fast_mkl_on_amd() == (expected == "5")
     assert os.environ.get("MKL_DEBUG_CPU_TYPE") == expected
+
+
+def test_predict_run_directly_uses_every_core(small_demo, tmp_path):
+    out = str(tmp_path / "run")
+    subprocess.run([sys.executable, "resmlp/main_multi_gpu.py", "-cfg", "configs/resmlp/demo.yaml", "-data_path",
+                    small_demo, "-output", out, "-opts", *TINY_RESMLP, "TRAIN.EPOCHS", "1"], cwd=REPO, env=env(),
+                   check=True, capture_output=True, timeout=600)
+    e = env()
+    e.pop("OMP_NUM_THREADS")
+    proc = subprocess.run([sys.executable, "resmlp/predict.py", "-pretrained", os.path.join(out, "last.pdparams"),
+                           "-image", os.path.join(small_demo, "val_list.txt")], cwd=REPO, env=e, check=True,
+                          capture_output=True, text=True, timeout=600)
+    assert f"cpu: {len(os.sched_getaffinity(0))} math threads" in proc.stderr

@@ -209,3 +209,26 @@ def test_class_counts_and_summary_units():
     assert re.search(r"ema combiner \(main\)\s+61.00 \(3\)\s+61.00 \(3\)", text)
     rows = list(csv.DictReader(metrics_csv_text(history).splitlines()))
     assert len(rows) == 3 and rows[0]["val_top1"] == "" and rows[2]["val_layer1/top1"] == "45.0"
+
+
+def test_heatmap_is_drawn_on_the_original_at_its_own_resolution(tiny_checkpoint, small_demo, tmp_path):  # noqa: F811
+    from PIL import Image
+
+    from common.data.transforms import CenterCrop, ResizeShortSide, view_box
+    from pim.heatmap import on_original
+    # 640 x 480, short side to 256, centre crop 224: the view spans x 108.9..529.3, y 30..450 of the original
+    box = view_box([ResizeShortSide(256), CenterCrop(224)], (640, 480))
+    np.testing.assert_allclose(box, (58 * 640 / 341, 30.0, (58 + 224) * 640 / 341, 450.0))
+    full = on_original(np.ones((7, 7)), box, (640, 480))
+    assert full.shape == (480, 640)
+    assert np.isnan(full[:, :100]).all() and np.isnan(full[:20]).all() and (full[40:440, 120:520] == 1).all()
+    # through the CLI: a 160 x 120 photo gives panels 160 px wide each, not the model's 80 px view
+    src = Image.open(os.path.join(small_demo, "images", CLASSES[0], "0000.jpg")).resize((160, 120))
+    photo = tmp_path / "wide.png"
+    src.save(photo)
+    out = tmp_path / "wide_heat.png"
+    run_cli([sys.executable, os.path.join(REPO, "pim", "heatmap.py"), "-cfg", PIM_CFG, "-pretrained",
+             tiny_checkpoint[0], "-data_path", small_demo, "-image", str(photo), "-output", str(out),
+             "-opts", *PIM_TINY])
+    h, w = assert_png(out, min_side=120).shape[:2]
+    assert 3 * 160 <= w <= 3 * 160 + 110 and 120 < h <= 120 + 90, (w, h)

@@ -36,8 +36,11 @@ class SquareResize:
         self.size = size
         self.interpolation = pil_interpolation(interpolation)
 
+    def output_size(self, w, h):
+        return self.size, self.size
+
     def __call__(self, img):
-        return img.resize((self.size, self.size), self.interpolation)
+        return img.resize(self.output_size(*img.size), self.interpolation)
 
 
 def resize_step(config, size):
@@ -93,24 +96,26 @@ class ResizeShortSide:
         self.size = size
         self.interpolation = pil_interpolation(interpolation)
 
-    def __call__(self, img):
-        w, h = img.size
+    def output_size(self, w, h):
         if w <= h:
-            new_w, new_h = self.size, max(1, int(round(h * self.size / w)))
-        else:
-            new_w, new_h = max(1, int(round(w * self.size / h))), self.size
-        return img.resize((new_w, new_h), self.interpolation)
+            return self.size, max(1, int(round(h * self.size / w)))
+        return max(1, int(round(w * self.size / h))), self.size
+
+    def __call__(self, img):
+        return img.resize(self.output_size(*img.size), self.interpolation)
 
 
 class CenterCrop:
     def __init__(self, size):
         self.size = size
 
-    def __call__(self, img):
-        w, h = img.size
+    def box(self, w, h):
         left = int(round((w - self.size) / 2.0))
         top = int(round((h - self.size) / 2.0))
-        return img.crop((left, top, left + self.size, top + self.size))
+        return left, top, left + self.size, top + self.size
+
+    def __call__(self, img):
+        return img.crop(self.box(*img.size))
 
 
 class RandomCrop:
@@ -185,3 +190,24 @@ def build_train_transform(config, extra_pil_steps=()):
         ToNormalizedArray(config.DATA.MEAN, config.DATA.STD),
         erasing,
     ])
+
+
+def view_box(steps, size):
+    """Where the model's view lies in the original image: (left, top, right, bottom) in original pixels after the
+    resize and crop `steps` (ResizeShortSide / SquareResize / CenterCrop) of an image of `size` (w, h); None when a
+    step is of another kind."""
+    w, h = size
+    scale_x = scale_y = 1.0            # original pixels per current pixel
+    left = top = 0.0
+    for step in steps:
+        if hasattr(step, "output_size"):
+            new_w, new_h = step.output_size(w, h)
+            scale_x, scale_y = scale_x * w / new_w, scale_y * h / new_h
+            w, h = new_w, new_h
+        elif hasattr(step, "box"):
+            x0, y0, x1, y1 = step.box(w, h)
+            left, top = left + x0 * scale_x, top + y0 * scale_y
+            w, h = x1 - x0, y1 - y0
+        else:
+            return None
+    return left, top, left + w * scale_x, top + h * scale_y
