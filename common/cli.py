@@ -10,7 +10,6 @@ naming the keys where the two differ. Plain state dicts (ported weights) carry n
 import argparse
 import os
 import re
-import sys
 
 from yacs.config import CfgNode as CN
 
@@ -255,18 +254,5 @@ def config_from_args(args, config, notes=None):
                          f"{count} key(s): {shown}; the -cfg values are used (leave out -cfg to take the "
                          f"checkpoint's)")
     check_config(config)
-    from common import hub
-    if hub.is_published_name(config.MODEL.PRETRAINED):   # e.g. timm/resmlp_24_224.fb_distilled_in1k
-        name = config.MODEL.PRETRAINED
-        config.MODEL.PRETRAINED = hub.resolve(name, model_name=config.MODEL.NAME,
-                                              method=config.MODEL.get("METHOD", "") or None,
-                                              log=lambda msg: print(msg, file=sys.stderr))
-        notes.append(f"pretrained: {name} -> {config.MODEL.PRETRAINED}")
-    elif hub.is_foreign_checkpoint(config.MODEL.PRETRAINED):   # PyTorch / safetensors: ported on the fly, cached
-        name = config.MODEL.PRETRAINED
-        config.MODEL.PRETRAINED = hub.port_local(name, config.MODEL.NAME,
-                                                 method=config.MODEL.get("METHOD", "") or None,
-                                                 log=lambda msg: print(msg, file=sys.stderr))
-        notes.append(f"pretrained: {name} ported -> {config.MODEL.PRETRAINED}")
     config.freeze()
     return config

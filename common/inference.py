@@ -54,7 +54,9 @@ def load_model(method, args):
     for note in notes:
         print(note, file=sys.stderr)
     model = method.build_model(config)
-    load_pretrained(model, config.MODEL.PRETRAINED, prefer_ema=config.EVAL.USE_EMA, log=lambda msg: None)
+    load_pretrained(model, config.MODEL.PRETRAINED, prefer_ema=config.EVAL.USE_EMA,
+                    log=lambda msg: print(msg, file=sys.stderr),
+                    model_name=config.MODEL.NAME, method=config.MODEL.METHOD or None)
     model.eval()
     return config, model
 

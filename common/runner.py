@@ -172,8 +172,11 @@ def run(method, argv=None):
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f"model {config.MODEL.NAME}: {n_params / 1e6:.2f}M trainable parameters")
     if config.MODEL.PRETRAINED:
+        # a published name (timm/..., torchvision/...) or a PyTorch file is fetched / ported and cached here, when
+        # the weights are loaded (the config keeps the name: nothing touches the network before)
         load_pretrained(model, config.MODEL.PRETRAINED, new_head=config.MODEL.PRETRAINED_NEW_HEAD,
-                        prefer_ema=config.EVAL.ONLY and config.EVAL.USE_EMA, log=logger.info)
+                        prefer_ema=config.EVAL.ONLY and config.EVAL.USE_EMA, log=logger.info,
+                        model_name=config.MODEL.NAME, method=config.MODEL.METHOD or None)
 
     if config.EVAL.ONLY:
         _, val_set = build_datasets(config, method, train=False, val=True)

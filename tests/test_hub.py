@@ -130,18 +130,23 @@ def test_download_port_load_matches_manual_port_and_second_call_is_offline(env, 
     assert handler.requests == [path]   # the source file is cached too: another model ports it without a request
 
 
-def test_config_resolves_published_name(env, timm_file):
-    """-pretrained NAME through the CLI config: MODEL.PRETRAINED becomes the cached, ported file."""
+def test_config_keeps_the_name_and_loading_fetches_it(env, timm_file):
+    """-pretrained NAME: the config keeps the name (nothing touches the network when a config is read, e.g. by a
+    test of a paper config); the runner's load_pretrained fetches, ports and loads it."""
+    from common.checkpoint import load_pretrained
     from common.cli import build_parser, config_from_args
     from resmlp.config import get_config
+    from resmlp.resmlp import create_resmlp
     root, handler, cache = env
     _publish(root, timm_file)
     args = build_parser().parse_args(["-cfg", "configs/resmlp/resmlp_12_224.yaml", "-pretrained", NAME])
-    notes = []
-    config = config_from_args(args, get_config(), notes=notes)
-    assert config.MODEL.PRETRAINED == hub.ported_path(NAME, "resmlp_12_224")
-    assert os.path.isfile(config.MODEL.PRETRAINED)
-    assert any(NAME in n for n in notes)
+    config = config_from_args(args, get_config())
+    assert config.MODEL.PRETRAINED == NAME and handler.requests == []
+    logs = []
+    load_pretrained(create_resmlp("resmlp_12_224"), config.MODEL.PRETRAINED, model_name=config.MODEL.NAME,
+                    method=config.MODEL.METHOD, log=logs.append)
+    assert os.path.isfile(hub.ported_path(NAME, "resmlp_12_224")) and len(handler.requests) == 1
+    assert any(hub.ported_path(NAME, "resmlp_12_224") in m for m in logs)
 
 
 def test_truncated_download_is_refused_and_not_cached(env, timm_file):
@@ -239,7 +244,10 @@ def test_local_safetensors_is_ported_on_the_fly_and_cached(env, timm_file, tmp_p
     local.write_bytes(timm_file.read_bytes())
     args = build_parser().parse_args(["-cfg", "configs/resmlp/resmlp_12_224.yaml", "-pretrained", str(local)])
     config = config_from_args(args, get_config())
-    cached = config.MODEL.PRETRAINED
+    assert config.MODEL.PRETRAINED == str(local)
+    load_pretrained(create_resmlp("resmlp_12_224"), config.MODEL.PRETRAINED, model_name=config.MODEL.NAME,
+                    log=lambda m: None)
+    cached = hub.port_local(str(local), "resmlp_12_224", log=lambda m: None)
     assert cached.startswith(str(cache)) and cached.endswith("--resmlp_12_224.pdparams")
     by_hand = tmp_path / "by_hand.pdparams"
     assert port_main(["--model", "resmlp_12_224", "--src", str(local), "--dst", str(by_hand)]) == 0
