@@ -262,14 +262,15 @@ def worker_error_lines(log_dir):
 # Lines of Paddle's launcher (and of the ranks' C++ start-up) that a normal run's console does not need: they stay in
 # <log_dir>/launcher.log. Warnings and errors (LAUNCH WARNING / ERROR, glog W/E lines) still reach the console.
 NOISE = re.compile(r"^(LAUNCH INFO |I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+\] |=+( Modified FLAGS detected =+)?$|"
-                   r"FLAGS\(name=)")
+                   r"FLAGS\(name=|WARNING: OMP_NUM_THREADS set to \d+, not 1|PLEASE USE OMP_NUM_THREADS WISELY)")
 QUIET_WARNINGS = "ignore:No ccache found"
 
 
 def _relay(stream, console, log):
     for raw in iter(stream.readline, b""):
-        log.write(raw)
-        log.flush()
+        if log is not None:
+            log.write(raw)
+            log.flush()
         if not NOISE.match(raw.decode("utf-8", "replace")):
             console.write(raw)
             console.flush()
@@ -277,8 +278,9 @@ def _relay(stream, console, log):
 
 
 def start_relays(proc, log_path):
-    """Threads copying the child's stdout / stderr to the console, less the noise, and everything to `log_path`."""
-    log = open(log_path, "ab")
+    """Threads copying the child's stdout / stderr to the console, less the noise, and everything to `log_path`
+    (when given)."""
+    log = open(log_path, "ab") if log_path else None
     relays = [threading.Thread(target=_relay, args=(stream, console.buffer, log), daemon=True)
               for stream, console in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr))]
     for relay in relays:
@@ -291,13 +293,14 @@ def run_child(cmd, env, log_dir=None):
     process it started is left. Returns the exit status (128 + signal when stopped by one)."""
     from common.proctree import become_subreaper, descendants, reap_children, stop_tree
     become_subreaper()
-    quiet = log_dir is not None   # Paddle's launcher: its chatter goes to <log_dir>/launcher.log only
-    if quiet:
+    # the child's chatter (Paddle's launcher, Paddle's import) goes to <log_dir>/launcher.log only; unbuffered, so
+    # the console still shows each line as it comes
+    if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-        env = dict(env, PYTHONWARNINGS=",".join(filter(None, [env.get("PYTHONWARNINGS"), QUIET_WARNINGS])))
-    pipe = subprocess.PIPE if quiet else None
-    proc = subprocess.Popen(cmd, env=env, stdout=pipe, stderr=pipe)
-    relays = start_relays(proc, os.path.join(log_dir, "launcher.log")) if quiet else []
+    env = dict(env, PYTHONUNBUFFERED="1",
+               PYTHONWARNINGS=",".join(filter(None, [env.get("PYTHONWARNINGS"), QUIET_WARNINGS])))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relays = start_relays(proc, os.path.join(log_dir, "launcher.log") if log_dir else None)
     received = []
 
     def forward(signum, frame):
