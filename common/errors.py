@@ -1,6 +1,6 @@
 """The suite's error boundary: every expected failure ends as one `error:` line and a documented exit code.
 
-Exit codes (README, "Exit codes"):
+Exit codes (README, "Reliability"):
   0  success
   1  an unexpected internal error (a bug: please report it; SUITE_TRACEBACK=1 shows the traceback)
   2  bad input: a config key or value, a data file or list line, a checkpoint, a missing or unreadable path
@@ -12,7 +12,6 @@ Exit codes (README, "Exit codes"):
 Set SUITE_TRACEBACK=1 to see the Python traceback behind any error line.
 """
 import errno
-import functools
 import os
 import signal
 import sys
@@ -64,8 +63,13 @@ def add_error_sink(write_line):
     _error_sinks.append(write_line)
 
 
-def clear_error_sinks():
-    _error_sinks.clear()
+def os_error_reason(e):
+    """What went wrong, in words a user acts on (a full disk and a file-size limit said plainly)."""
+    if e.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if e.errno == errno.EFBIG:
+        return "file too large for the file system or the process's file-size limit"
+    return e.strerror or str(e)
 
 
 def describe_os_error(e):
@@ -73,9 +77,7 @@ def describe_os_error(e):
     where = e.filename if e.filename is not None else ""
     if getattr(e, "filename2", None):
         where = f"{where} -> {e.filename2}"
-    reason = e.strerror or str(e)
-    if e.errno == errno.ENOSPC:
-        reason = "no space left on the device"
+    reason = os_error_reason(e)
     return f"{where}: {reason}" if where else reason
 
 
@@ -174,11 +176,3 @@ def run_entry(fn, *args, exit_on_error=True, **kwargs):
             sys.exit(code)
         install_signal_handlers()
         return code
-
-
-def entry_point(fn):
-    """Decorator form of `run_entry`."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return run_entry(fn, *args, **kwargs)
-    return wrapper

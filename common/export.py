@@ -23,7 +23,7 @@ import paddle.nn as nn
 
 from common.config import ConfigError
 from common.data.transforms import eval_resize_size
-from common.errors import OutputError, RunExistsError, SuiteError, run_entry
+from common.errors import OutputError, RunExistsError, SuiteError, os_error_reason, run_entry
 from common.inference import add_model_flags, class_names_for, load_model
 from common.outdir import check_writable, fsync_folder
 
@@ -97,7 +97,7 @@ def export_model(method, config, model, out_dir, names=None, onnx=False, opset=1
         replace_folder(tmp, out_dir)
     except OSError as e:
         kept = "the earlier export there is intact" if os.path.isdir(out_dir) else "nothing was written"
-        raise OutputError(f"cannot write the export folder {out_dir}: {e.strerror or e}; {kept}") from e
+        raise OutputError(f"cannot write the export folder {out_dir}: {os_error_reason(e)}; {kept}") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta

@@ -7,13 +7,12 @@
   locked), and holds no earlier run unless the user resumes it or asks to start over, in which case the earlier
   run's files are moved aside into `previous_run_<N>/`, not deleted. Temporary files of a killed save are removed.
 """
-import errno
 import fcntl
 import os
 import shlex
 import sys
 
-from common.errors import OutputError, RunExistsError
+from common.errors import OutputError, RunExistsError, os_error_reason
 
 TMP_MARK = ".tmp"
 LOCK_FILE = ".run.lock"
@@ -39,14 +38,6 @@ def fsync_folder(folder):
         os.close(fd)
 
 
-def _reason(e):
-    if e.errno == errno.ENOSPC:
-        return "no space left on the device"
-    if e.errno == errno.EFBIG:
-        return "file too large for the file system or the process's file-size limit"
-    return e.strerror or str(e)
-
-
 def atomic_write(path, write_to):
     """`write_to(tmp_path)` writes the content; then fsync, rename over `path`, fsync the folder."""
     folder = os.path.dirname(os.path.abspath(path))
@@ -59,7 +50,7 @@ def atomic_write(path, write_to):
         os.replace(tmp, path)
         fsync_folder(folder)
     except OSError as e:
-        raise OutputError(f"cannot write {path}: {_reason(e)}; the previous version of the file (if any) is "
+        raise OutputError(f"cannot write {path}: {os_error_reason(e)}; the previous version of the file (if any) is "
                           f"intact") from e
     finally:
         if os.path.exists(tmp):
@@ -91,7 +82,7 @@ def check_writable(folder):
             os.fsync(f.fileno())
         os.remove(probe)
     except OSError as e:
-        raise OutputError(f"cannot write to the output folder {folder}: {_reason(e)}") from None
+        raise OutputError(f"cannot write to the output folder {folder}: {os_error_reason(e)}") from None
 
 
 def check_output_file(path, what="output"):
@@ -102,11 +93,9 @@ def check_output_file(path, what="output"):
     check_writable(folder)
 
 
-_held_locks = {}
-
-
 def lock_output(folder):
-    """One run per output folder: an exclusive advisory lock held until the process exits."""
+    """One run per output folder: an exclusive advisory lock held until the process exits (the descriptor is never
+    closed; the kernel releases the lock when the process ends, however it ends)."""
     path = os.path.join(folder, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -121,7 +110,6 @@ def lock_output(folder):
                              f"choose another -output") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
-    _held_locks[os.path.abspath(folder)] = fd
     return fd
 
 
@@ -162,7 +150,7 @@ def move_previous_run(folder):
     return dest
 
 
-def claim_output(folder, training, resuming, start_over, log=print):
+def claim_output(folder, training, resuming, start_over):
     """Rank 0, before any work. Raises OutputError / RunExistsError with the command that continues or starts
     over; returns a note for the log (or '')."""
     check_writable(folder)

@@ -42,7 +42,7 @@ def resolve_resume(config):
     return path
 
 
-def claim_output_on_all_ranks(config, logger_info=print):
+def claim_output_on_all_ranks(config):
     """Rank 0 checks and claims the output folder (writable, not in use, no earlier run unless resumed or started
     over); every rank then takes the same decision, so a refused run stops everywhere at once."""
     problem, note = None, ""
