@@ -202,8 +202,7 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
         metrics[f"{prefix}correct"] = int(row[0])
     if progress is not None:
         progress.end(int(n) + n_skipped)
-    if classes is not None:
-        from common.report import ClassCounts
+    if classes is not None:   # ClassCounts was imported above, with per_class
         return metrics, ClassCounts.from_vector(num_classes, summed[len(names) * width:-2])
     return metrics
 
