@@ -31,7 +31,7 @@ def _resnet50():
 
 def _inception_v4():
     def paddle_model(num_classes):
-        from transfer.inception_v4 import inception_v4
+        from common.backbones.inception_v4 import inception_v4
         return inception_v4(num_classes=num_classes)
 
     def torch_model(num_classes):

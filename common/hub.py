@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 
 from common.errors import SuiteError
+from common.outdir import atomic_write
 from common.hub_table import HUB_TABLE
 
 __all__ = ["HubError", "is_published_name", "lookup", "source_url", "download_path", "ported_path", "resolve",
@@ -150,7 +151,6 @@ def _verify(path, entry, what, digest=None):
 
 def _download(name, url, dest, log):
     entry = lookup(name)
-    tmp = f"{dest}.part{os.getpid()}"
     request = urllib.request.Request(url, headers={"User-Agent": "paddle-fg-suite"})
     offline = (f"cannot download {url}: {{reason}}. Without network, download that file by hand and place it at "
                f"{dest}; it is then verified and ported (hosts: SUITE_HUB_ENDPOINT / SUITE_TORCHVISION_ENDPOINT)")
@@ -161,9 +161,9 @@ def _download(name, url, dest, log):
     except (urllib.error.URLError, OSError) as e:
         raise HubError(offline.format(reason=getattr(e, "reason", None) or e)) from None
     log(f"downloading {name} from {url} to {dest}")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    h = hashlib.sha256()
-    try:
+
+    def fetch_and_verify(tmp):      # a failure here leaves nothing in the cache (common.outdir.atomic_write)
+        h = hashlib.sha256()
         with response:
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
@@ -180,17 +180,12 @@ def _download(name, url, dest, log):
                     f.write(chunk)
                     h.update(chunk)
                     progress.update(len(chunk))
-                f.flush()
-                os.fsync(f.fileno())
             progress.update(0, final=True)
             if total is not None and progress.done != total:
                 raise HubError(f"{url}: download truncated: got {progress.done} bytes, the server announced {total}; "
                                f"nothing was cached")
         _verify(tmp, entry, f"{url} (downloaded)", digest=h.hexdigest())
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(dest, fetch_and_verify)
     return dest
 
 

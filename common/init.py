@@ -76,6 +76,25 @@ def kaiming_uniform_torch_default_(param, linear=False):
     _set(param, np.random.uniform(-bound, bound, size=param.shape))
 
 
+def reset_like_torch(layer):
+    """What a freshly constructed PyTorch module holds, for every Linear / Conv / BatchNorm / LayerNorm in `layer`
+    (itself included): weight and bias ~ U(+-1/sqrt(fan_in)) (kaiming-uniform, a=sqrt(5)), norms at unit scale and
+    zero shift, BatchNorm running statistics at mean 0 and variance 1. Paddle's defaults differ."""
+    for sub in [layer] + list(layer.sublayers()):
+        if isinstance(sub, (paddle.nn.Linear, paddle.nn.Conv1D, paddle.nn.Conv2D)):
+            linear = isinstance(sub, paddle.nn.Linear)
+            kaiming_uniform_torch_default_(sub.weight, linear=linear)
+            if sub.bias is not None:
+                fan_in, _ = _fans(sub.weight, linear)
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                uniform_(sub.bias, -bound, bound)
+        elif isinstance(sub, (paddle.nn.layer.norm._BatchNormBase, paddle.nn.BatchNorm)):
+            reset_batch_norm_(sub)
+        elif isinstance(sub, paddle.nn.LayerNorm) and sub.weight is not None:
+            ones_(sub.weight)
+            zeros_(sub.bias)
+
+
 def reset_batch_norm_(bn):
     """A freshly built BatchNorm: unit scale, zero shift, running mean 0 and variance 1."""
     ones_(bn.weight)

@@ -11,27 +11,14 @@ Shapes (paper defaults d=256, h=64, N=2, image feature 2048):
   -> Linear(d, C) -> LayerNorm(C) -> + feature. Each block turns its input row into a [cin, cout] matrix product
   whose matrix is generated per sample.
 """
-import math
 
 import paddle
 import paddle.nn as nn
 
-from common import init, layers
+from common import layers
 
 VARIANTS = ("a", "b", "c")
 
-
-def reset_like_torch(layer):
-    """The PyTorch defaults the reference relies on: Linear weight and bias ~ U(+-1/sqrt(fan_in)), LayerNorm 1/0."""
-    for sub in [layer] + list(layer.sublayers()):
-        if isinstance(sub, nn.Linear):
-            init.kaiming_uniform_torch_default_(sub.weight, linear=True)
-            if sub.bias is not None:
-                bound = 1.0 / math.sqrt(sub.weight.shape[0])
-                init.uniform_(sub.bias, -bound, bound)
-        elif isinstance(sub, nn.LayerNorm):
-            init.ones_(sub.weight)
-            init.zeros_(sub.bias)
 
 
 class FCResLayer(nn.Layer):

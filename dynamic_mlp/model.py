@@ -11,9 +11,10 @@ import paddle
 
 from common.backbones.resnet import RESNET_DEPTHS, ResNet
 from common.config import ConfigError
-from dynamic_mlp.dynamic_mlp import VARIANTS, FCNet, build_fusion, reset_like_torch
+from common.init import reset_like_torch
+from dynamic_mlp.dynamic_mlp import VARIANTS, FCNet, build_fusion
 from dynamic_mlp.metadata import input_dim
-from dynamic_mlp.sk2res2net import SK2RES2NET_DEPTHS, SK2Res2Net
+from common.backbones.sk2res2net import SK2RES2NET_DEPTHS, SK2Res2Net
 
 
 class _DynamicMLPHead:

@@ -5,19 +5,19 @@ Backbones (``MODEL.NAME``), each giving four feature levels ``layer1`` .. ``laye
 =================================  =========================================================  =================
 name                               levels                                                     FPN default
 =================================  =========================================================  =================
-swin_{tiny,small,base,large}_*     stage outputs, merge at the stage end (pim/swin.py)       Linear + Conv
+swin_{tiny,small,base,large}_*     stage outputs, merge at the stage end (common/backbones/swin.py)       Linear + Conv
 resnet18/34/50/101/152             stage outputs (common/backbones/resnet.py)                 Conv + Bilinear
-vit_base_patch16_224[_miil]        blocks 8..11 incl. the class token (pim/vit.py)            Linear + Conv
-efficientnet_b0 .. b7              features.4 .. features.7 (pim/efficientnet.py)             Conv + Bilinear
+vit_base_patch16_224[_miil]        blocks 8..11 incl. the class token (common/backbones/vit.py)            Linear + Conv
+efficientnet_b0 .. b7              features.4 .. features.7 (common/backbones/efficientnet.py)             Conv + Bilinear
 =================================  =========================================================  =================
 
 The paper's result uses ``swin_large_patch4_window12_384`` (what the reference calls "swin-t").
 """
 from common.backbones.resnet import RESNET_DEPTHS, create_resnet
-from pim.efficientnet import EFFICIENTNET_VARIANTS, create_efficientnet
+from common.backbones.efficientnet import EFFICIENTNET_VARIANTS, create_efficientnet
 from pim.pim_module import FeatureInfo, PluginModel
-from pim.swin import SWIN_VARIANTS, create_swin
-from pim.vit import VIT_VARIANTS, create_vit
+from common.backbones.swin import SWIN_VARIANTS, create_swin
+from common.backbones.vit import VIT_VARIANTS, create_vit
 
 __all__ = ["BACKBONES", "family_of", "create_backbone", "build_pim", "build_from_config", "default_image_size"]
 

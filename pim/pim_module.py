@@ -29,7 +29,6 @@ derived from the backbone's geometry instead of a trial forward pass.
 Losses (`pim_loss`): lambda_b * CE(mean-over-tokens logits) per level, lambda_s * CE of every selected token,
 lambda_n * MSE(tanh(dropped-token logits), -1), lambda_c * CE(combiner), and a plain CE for ``ori_out``.
 """
-import math
 
 import paddle
 import paddle.nn as nn
@@ -39,7 +38,7 @@ from common import init
 from common.layers import resize_bilinear
 
 __all__ = ["FeatureInfo", "FPN", "WeaklySelector", "GCNCombiner", "PluginModel", "select_tokens", "gather_tokens",
-           "to_tokens", "pim_loss", "head_logits", "sum_of_softmax", "highest_k", "torch_default_init"]
+           "to_tokens", "pim_loss", "head_logits", "sum_of_softmax", "highest_k"]
 
 
 class FeatureInfo:
@@ -60,21 +59,6 @@ class FeatureInfo:
     def __repr__(self):
         return f"FeatureInfo({self.name}, {self.kind}, C={self.channels}, grid={self.grid}, prefix={self.prefix})"
 
-
-def torch_default_init(layer):
-    """PyTorch's default for Linear / Conv: weight and bias ~ U(+-1/sqrt(fan_in)) (kaiming-uniform, a=sqrt(5))."""
-    for sub in [layer] + list(layer.sublayers()):
-        if isinstance(sub, nn.Linear):
-            fan_in = sub.weight.shape[0]
-            init.kaiming_uniform_torch_default_(sub.weight, linear=True)
-        elif isinstance(sub, (nn.Conv1D, nn.Conv2D)):
-            fan_in = int(math.prod(sub.weight.shape[1:]))
-            init.kaiming_uniform_torch_default_(sub.weight)
-        else:
-            continue
-        if sub.bias is not None:
-            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
-            init.uniform_(sub.bias, -bound, bound)
 
 
 def to_tokens(x):
@@ -118,7 +102,7 @@ class FPN(nn.Layer):
                 self.add_sublayer("Up_" + f.name, nn.Conv1D(s_in, s_out, 1) if s_in != s_out else nn.Identity())
         if upsample_type == "Bilinear" and (proj_type != "Conv"):
             raise ValueError("FPN 'Bilinear' upsampling needs feature maps (PROJ_TYPE Conv)")
-        torch_default_init(self)
+        init.reset_like_torch(self)
 
     def forward(self, feats):
         """list of levels -> list of projected, top-down merged levels (maps stay maps, tokens stay tokens)."""
@@ -166,7 +150,7 @@ def fpn_head(fpn_size, num_classes):
     head = nn.Sequential(TokenwiseConv1D(fpn_size, fpn_size),
                          TokenwiseBatchNorm1D(fpn_size), nn.ReLU(),
                          TokenwiseConv1D(fpn_size, num_classes))
-    torch_default_init(head)
+    init.reset_like_torch(head)
     return head
 
 
@@ -196,7 +180,7 @@ class WeaklySelector(nn.Layer):
         if own_classifiers:
             for f in infos:
                 self.add_sublayer("classifier_l_" + f.name, nn.Linear(f.channels, num_classes))
-            torch_default_init(self)
+            init.reset_like_torch(self)
 
     def classify(self, name, tokens):
         return getattr(self, "classifier_l_" + name)(tokens)
@@ -237,7 +221,7 @@ class GCNCombiner(nn.Layer):
         self.param_pool1 = nn.Linear(num_joints, 1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
-        torch_default_init(self)
+        init.reset_like_torch(self)
         eye = paddle.eye(num_joints, dtype="float32")
         self.adj1.set_value(eye / 100 + 1 / 100)
 
@@ -284,7 +268,7 @@ class PluginModel(nn.Layer):
         self.backbone_only = not (use_fpn or use_selection or use_combiner)
         if self.backbone_only:
             self.classifier = nn.Linear(self.infos[-1].channels, num_classes)
-            torch_default_init(self.classifier)
+            init.reset_like_torch(self.classifier)
         if use_fpn:
             self.fpn = FPN(self.infos, fpn_size, proj_type, upsample_type)
             for f in self.infos:

@@ -36,7 +36,7 @@ from common.backbones.resnet import torchvision_resnet_rules  # noqa: E402
 from common.porting import (Drop, PortSpec, PrefixRename, ReferenceModel, RegexRename, SourceFlavour,  # noqa: E402
                             Transpose, batchnorm_rules, key_matcher)
 from pim.model import BACKBONES, default_image_size, family_of  # noqa: E402
-from pim.vit import resize_pos_embed  # noqa: E402
+from common.backbones.vit import resize_pos_embed  # noqa: E402
 
 __all__ = ["PORT_SPECS", "PIM_RULES", "backbone_rules", "swin_new_to_old", "main"]
 

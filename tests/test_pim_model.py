@@ -231,7 +231,7 @@ def test_odd_sized_cnn_levels_merge_bilinearly():
 
 def test_vit_position_embedding_resize_matches_scipy_zoom():
     ndimage = pytest.importorskip("scipy.ndimage")
-    from pim.vit import resize_pos_embed
+    from common.backbones.vit import resize_pos_embed
     pe = np.random.RandomState(7).randn(1, 1 + 14 * 14, 6).astype(np.float32)
     out = resize_pos_embed(pe, 1 + 28 * 28)
     grid = ndimage.zoom(pe[0, 1:].reshape(14, 14, 6), (2, 2, 1), order=1)

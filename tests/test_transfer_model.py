@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from common.config import ConfigError
-from transfer.inception_v4 import inception_v4
+from common.backbones.inception_v4 import inception_v4
 from transfer.model import (body_blocks, create_model, lr_groups, max_new_layers, new_layer_blocks,
                             norm_parameter_names, parameter_blocks, reinit_new_layers)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import paddle.nn as nn
 
 from common import init
-from common.backbones.resnet import RESNET_DEPTHS, ResNet, create_resnet, reset_linear_like_torch
+from common.backbones.resnet import RESNET_DEPTHS, ResNet, create_resnet, reset_like_torchvision
 from common.config import ConfigError
-from transfer.inception_v4 import InceptionV4, inception_v4, reset_like_torch
+from common.backbones.inception_v4 import InceptionV4, inception_v4
 
 MODEL_NAMES = ("inception_v4",) + tuple(RESNET_DEPTHS)
 LR_GROUPS = ("head", "high", "low")   # order of TRANSFER.LRS
@@ -73,17 +73,6 @@ def _sublayers(model):
     return dict(model.named_sublayers())
 
 
-def _reset_resnet_layer(layer):
-    """torchvision's initialisation of a freshly built ResNet part (as `ResNet.reset_parameters`), with
-    BatchNorm statistics back to mean 0, variance 1."""
-    for sub in [layer] + list(layer.sublayers()):
-        if isinstance(sub, nn.Conv2D):
-            init.kaiming_normal_(sub.weight, mode="fan_out")
-        elif isinstance(sub, nn.BatchNorm2D):
-            init.reset_batch_norm_(sub)
-        elif isinstance(sub, nn.Linear):
-            reset_linear_like_torch(sub)
-
 
 def reinit_block(model, block):
     """Give `block` the initial values of a newly constructed module, as the reference does: PyTorch defaults
@@ -92,9 +81,9 @@ def reinit_block(model, block):
     for path in block.paths:
         layer = layers[path]
         if block.is_classifier or isinstance(model, InceptionV4):
-            reset_like_torch(layer)
+            init.reset_like_torch(layer)
         elif isinstance(model, ResNet):
-            _reset_resnet_layer(layer)
+            reset_like_torchvision(layer)
         else:
             raise TypeError(f"no re-initialisation rule for {type(model).__name__}")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from common.backbones.resnet import create_resnet, torchvision_resnet_rules
 from common.porting import PortSpec, ReferenceModel, SourceFlavour, Transpose, batchnorm_rules
-from transfer.inception_v4 import inception_v4
+from common.backbones.inception_v4 import inception_v4
 
 
 class DropBackgroundClass:

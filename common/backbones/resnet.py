@@ -3,7 +3,6 @@
 Keys match torchvision's `resnet50` state dict after the usual BatchNorm renames (`running_mean` -> `_mean`,
 `running_var` -> `_variance`) and the `fc.weight` transpose, so torchvision and timm checkpoints port by rule.
 """
-import math
 import re
 
 import paddle.nn as nn
@@ -109,15 +108,7 @@ class ResNet(nn.Layer):
         return nn.Sequential(*layers)
 
     def reset_parameters(self):
-        """torchvision's initialisation: He-normal (fan_out) convs, unit BatchNorm, torch-default Linear."""
-        for layer in self.sublayers():
-            if isinstance(layer, nn.Conv2D):
-                init.kaiming_normal_(layer.weight, mode="fan_out")
-            elif isinstance(layer, nn.BatchNorm2D):
-                init.ones_(layer.weight)
-                init.zeros_(layer.bias)
-            elif isinstance(layer, nn.Linear):
-                reset_linear_like_torch(layer)
+        reset_like_torchvision(self)
 
     def stem(self, x):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -144,12 +135,16 @@ class ResNet(nn.Layer):
         return blocks
 
 
-def reset_linear_like_torch(layer):
-    """torch.nn.Linear's default: weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    init.kaiming_uniform_torch_default_(layer.weight, linear=True)
-    if layer.bias is not None:
-        bound = 1.0 / math.sqrt(layer.weight.shape[0])
-        init.uniform_(layer.bias, -bound, bound)
+def reset_like_torchvision(layer):
+    """torchvision's ResNet initialisation of `layer` and everything in it: He-normal (fan_out) convs, BatchNorm at
+    unit scale, zero shift and fresh running statistics, torch-default Linear."""
+    for sub in [layer] + list(layer.sublayers()):
+        if isinstance(sub, nn.Conv2D):
+            init.kaiming_normal_(sub.weight, mode="fan_out")
+        elif isinstance(sub, nn.BatchNorm2D):
+            init.reset_batch_norm_(sub)
+        elif isinstance(sub, nn.Linear):
+            init.reset_like_torch(sub)
 
 
 RESNET_DEPTHS = {

@@ -30,6 +30,7 @@ import zlib
 import numpy as np
 
 from common.errors import SuiteError
+from common.outdir import atomic_write
 from common.safe_pickle import (KEEP, CheckpointFormatError, RestrictedUnpickler, UnsafePickleError, damaged_message,
                                  load_paddle_file, rebuild, short_repr, with_path)
 
@@ -656,13 +657,13 @@ def write_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for c in chunks:
-            f.write(c)
-    os.replace(tmp, path)
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(text)))
+            f.write(text)
+            for c in chunks:
+                f.write(c)
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import re
 import sys
 
 from common.data.datasets import IMG_EXTENSIONS, DataError, read_class_names
+from common.outdir import atomic_write_text
 
 PROGRESS_EVERY = 50000
 
@@ -227,13 +228,6 @@ def _check_missing(split, skip_missing):
 
 
 # ---------------------------------------------------------------------------------------------------- writing
-def atomic_write(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _class_lines(names):
     """One name per line; if a name would read back as 'label name' (first word all digits), every line gets its
     label in front, which `read_class_names` also understands."""
@@ -347,16 +341,16 @@ def write_prepared(prep, src, dst, dataset, options, skip_missing=False, link=Fa
                            f"('path label ...') cannot hold, e.g. '{bad[0]}'. Rerun with --link to list symlinks "
                            f"under {os.path.join(dst, 'images')} with safe names instead")
     for name, text in texts.items():
-        atomic_write(os.path.join(dst, name), text)
+        atomic_write_text(os.path.join(dst, name), text)
     class_path = os.path.join(dst, "classes.txt")
-    atomic_write(class_path, "\n".join(_class_lines(prep.classes)) + "\n")
+    atomic_write_text(class_path, "\n".join(_class_lines(prep.classes)) + "\n")
     if read_class_names(class_path) != prep.classes:   # the engine must read back exactly these names
         raise PrepareError(f"{class_path}: class names do not read back as written")
     for name, lines in prep.extra_files.items():
-        atomic_write(os.path.join(dst, name), "\n".join(lines) + "\n")
+        atomic_write_text(os.path.join(dst, name), "\n".join(lines) + "\n")
     summary = {"dataset": dataset, "num_classes": num, "options": dict(options, link=link, skip_missing=skip_missing),
                "splits": {s.filename: len(s.entries) for s in prep.splits}}
-    atomic_write(os.path.join(dst, "prepare_info.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(os.path.join(dst, "prepare_info.json"), json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _report(prep, dst, dataset)
     return summary
 

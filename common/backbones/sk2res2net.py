@@ -136,19 +136,9 @@ class SK2Res2Net(nn.Layer):
 
     def reset_parameters(self):
         """PyTorch's default initialisation (the reference sets none of its own)."""
+        init.reset_like_torch(self)
         for layer in self.sublayers():
-            if isinstance(layer, (nn.Conv2D, nn.Linear)):
-                linear = isinstance(layer, nn.Linear)
-                init.kaiming_uniform_torch_default_(layer.weight, linear=linear)
-                if layer.bias is not None:
-                    fan_in = layer.weight.shape[0] if linear else int(layer.weight.shape[1] * layer.weight.shape[2]
-                                                                        * layer.weight.shape[3])
-                    bound = 1.0 / math.sqrt(fan_in)
-                    init.uniform_(layer.bias, -bound, bound)
-            elif isinstance(layer, nn.BatchNorm2D):
-                init.ones_(layer.weight)
-                init.zeros_(layer.bias)
-            elif isinstance(layer, SKLayer):
+            if isinstance(layer, SKLayer):
                 init.zeros_(layer.alpha)
 
     def stage_features(self, x):

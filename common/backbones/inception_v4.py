@@ -10,12 +10,10 @@ renames and the transpose of `last_linear.weight`. The 3x3 average pools do not 
 Initialisation is PyTorch's default (the reference adds none): convolutions and the Linear uniform in
 +-1/sqrt(fan_in), Linear bias likewise, BatchNorm scale 1 / shift 0.
 """
-import numpy as np
 import paddle
 import paddle.nn as nn
 
 from common import init
-from common.backbones.resnet import reset_linear_like_torch
 from common.layers import dropout
 
 NUM_FEATURES = 1536
@@ -160,20 +158,6 @@ class InceptionC(nn.Layer):
         ], axis=1)
 
 
-def reset_like_torch(layer):
-    """PyTorch's default initialisation for every Conv2D / BatchNorm2D / Linear inside `layer` (BatchNorm running
-    statistics back to mean 0, variance 1), i.e. what a freshly constructed torch module holds."""
-    for sub in [layer] + list(layer.sublayers()):
-        if isinstance(sub, nn.Conv2D):
-            init.kaiming_uniform_torch_default_(sub.weight)
-            if sub.bias is not None:
-                fan_in = int(np.prod(sub.weight.shape[1:]))
-                init.uniform_(sub.bias, -fan_in ** -0.5, fan_in ** -0.5)
-        elif isinstance(sub, nn.BatchNorm2D):
-            init.reset_batch_norm_(sub)
-        elif isinstance(sub, nn.Linear):
-            reset_linear_like_torch(sub)
-
 
 class InceptionV4(nn.Layer):
     """`forward` gives logits, `forward_features` the pooled 1536-d feature."""
@@ -198,7 +182,7 @@ class InceptionV4(nn.Layer):
         self.global_pool = nn.AdaptiveAvgPool2D(1)
         self.head_drop = dropout(drop_rate)
         self.last_linear = nn.Linear(NUM_FEATURES, num_classes) if num_classes > 0 else nn.Identity()
-        reset_like_torch(self)
+        init.reset_like_torch(self)
 
     def ordered_blocks(self):
         """The body, input side first, as (block name, [owned sublayer paths]): features.0 ... features.21."""
