@@ -1,4 +1,5 @@
-"""The architectures the benchmark measures: how to build each in Paddle and, where available, in PyTorch."""
+"""The architectures the benchmark measures: each built in Paddle through the model registry (common/models.py),
+and, where available, its PyTorch reference."""
 import os
 import sys
 
@@ -7,10 +8,16 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
-def _resmlp(name):
+def _registry(name, **kwargs):
+    """A Paddle builder for registry model `name` (create_model keywords: image_size, opts, ...)."""
     def paddle_model(num_classes):
-        from resmlp.resmlp import create_resmlp
-        return create_resmlp(name, num_classes=num_classes)
+        from common.models import create_model
+        return create_model(name, num_classes=num_classes, **kwargs)
+    return paddle_model
+
+
+def _resmlp(name):
+    paddle_model = _registry(name)
 
     def torch_model(num_classes):
         import timm
@@ -19,9 +26,7 @@ def _resmlp(name):
 
 
 def _resnet50():
-    def paddle_model(num_classes):
-        from common.backbones.resnet import create_resnet
-        return create_resnet("resnet50", num_classes=num_classes)
+    paddle_model = _registry("resnet50")
 
     def torch_model(num_classes):
         import torchvision
@@ -30,9 +35,7 @@ def _resnet50():
 
 
 def _inception_v4():
-    def paddle_model(num_classes):
-        from common.backbones.inception_v4 import inception_v4
-        return inception_v4(num_classes=num_classes)
+    paddle_model = _registry("inception_v4")
 
     def torch_model(num_classes):
         import timm
@@ -48,9 +51,7 @@ PIM_SELECTS_224 = {"swin": [704, 176, 44, 11], "resnet": [512, 128, 32, 8]}
 def _dynamic_mlp(name):
     """SK-Res2Net-101 + Dynamic MLP-C with its metadata input; the reference is the official code
     (DYNAMIC_MLP_REF=/path/to/DynamicMLP checkout, not on PyPI)."""
-    def paddle_model(num_classes):
-        from dynamic_mlp.model import create_model
-        return create_model(name, num_classes=num_classes)
+    paddle_model = _registry(name)
 
     def torch_model(num_classes):
         from dynamic_mlp.port_weights import build_reference
@@ -67,10 +68,9 @@ def _pim(backbone, proj, upsample):
     """PIM (FPN 512, selector, GCN combiner) at 224 px; the reference is the official code (PIM_REF=checkout)."""
     selects = PIM_SELECTS_224["swin" if backbone.startswith("swin") else "resnet"]
 
-    def paddle_model(num_classes):
-        from pim.model import build_pim
-        return build_pim(backbone, num_classes, img_size=224, fpn_size=512, proj_type=proj, upsample_type=upsample,
-                         num_selects=selects)
+    paddle_model = _registry(f"pim_{backbone}", image_size=224, opts={
+        "MODEL.PIM.FPN_SIZE": 512, "MODEL.PIM.PROJ_TYPE": proj, "MODEL.PIM.UPSAMPLE_TYPE": upsample,
+        "MODEL.PIM.NUM_SELECTS": selects})
 
     def torch_model(num_classes):
         from pim.reference import import_reference

@@ -23,7 +23,7 @@ import urllib.request
 
 from common.errors import SuiteError
 from common.outdir import atomic_write
-from common.hub_table import HUB_TABLE
+from common.hub_table import hub_table
 
 __all__ = ["HubError", "is_published_name", "lookup", "source_url", "download_path", "ported_path", "resolve",
            "is_foreign_checkpoint", "port_local"]
@@ -51,10 +51,11 @@ def cache_dir():
 
 
 def lookup(name):
-    entry = HUB_TABLE.get(name)
+    table = hub_table()
+    entry = table.get(name)
     if entry is None:
         source = name.split("/", 1)[0]
-        same = sorted(n for n in HUB_TABLE if n.startswith(source + "/"))
+        same = sorted(n for n in table if n.startswith(source + "/"))
         raise HubError(f"'{name}' is not a published name this suite knows (python -m common.hub --list); known "
                        f"{source} names: {', '.join(same) or '(none)'}. A local file is given by its path")
     return entry
@@ -297,8 +298,7 @@ def port_local(path, model_name, method=None, log=None):
             ported, report = port_file(spec, src, log=log)[:2]
         except PortError:
             # backbone weights (e.g. ImageNet) for a model with parts of its own: leave those parts to the model
-            from common.hub_table import HUB_TABLE
-            allow = sorted({p for e in HUB_TABLE.values() for _, _, sn, am in e["models"] if sn == spec.name
+            allow = sorted({p for e in hub_table().values() for _, _, sn, am in e["models"] if sn == spec.name
                             for p in am})
             if not allow:
                 raise
@@ -312,8 +312,9 @@ def port_local(path, model_name, method=None, log=None):
 
 def print_list(out=sys.stdout):
     print(f"published weights (-pretrained NAME; cache {cache_dir()}):", file=out)
-    for name in sorted(HUB_TABLE):
-        entry = HUB_TABLE[name]
+    table = hub_table()
+    for name in sorted(table):
+        entry = table[name]
         models = ", ".join(f"{m} ({meth})" for meth, m, _, _ in entry["models"])
         print(f"  {name:48s} -> {models}", file=out)
         print(f"  {'':48s}    {entry['hash_note']}" + (f"; {entry['note']}" if entry.get("note") else ""),

@@ -21,6 +21,7 @@ source's classifier (its class count); fine-tuning to another class count takes 
 as with any ``.pdparams``. Allow-missing patterns name the parts the source does not have (the Dynamic MLP branch,
 a classifier of another size) and stay as the model initialises them.
 """
+import os
 
 _RESMLP_SUITE = {
     "resmlp_12_224": ["resmlp_12_224", "resmlp_12_distilled_224"],
@@ -93,3 +94,44 @@ def _build():
 
 
 HUB_TABLE = _build()
+
+
+TABLE_ENV = "SUITE_HUB_TABLE"
+ENTRY_FIELDS = {"source", "repo", "file", "size", "size_mb", "sha256", "sha256_prefix", "hash_note", "models", "note"}
+
+
+def _extra_entries(path):
+    """Names added or amended by the JSON file ``$SUITE_HUB_TABLE`` ({name: {field: value}}), e.g. a lab's own
+    weights on its mirror (with their SHA-256). A field of a known name replaces the table's; a new name needs
+    ``source``, ``file`` (and ``repo`` for timm) and ``models`` ([[method, MODEL.NAME, port spec, [patterns]]])."""
+    import json
+
+    from common.config import ConfigError
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{TABLE_ENV}={path}: cannot read it as JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{TABLE_ENV}={path}: expected {{name: {{field: value}}}}")
+    out = {}
+    for name, fields in data.items():
+        unknown = sorted(set(fields) - ENTRY_FIELDS)
+        if unknown or not name.startswith(("timm/", "torchvision/")):
+            raise ConfigError(f"{TABLE_ENV}={path}: entry '{name}': " + (
+                f"unknown field(s) {', '.join(unknown)}" if unknown else "names start with timm/ or torchvision/"))
+        entry = dict(HUB_TABLE.get(name) or {"source": name.split("/", 1)[0], "size": None, "sha256": None,
+                                               "sha256_prefix": None, "hash_note": "", "note": ""}, **fields)
+        entry["models"] = [tuple(r[:3]) + (tuple(r[3]) if len(r) > 3 else (),) for r in entry.get("models", [])] \
+            if "models" in fields else entry.get("models", [])
+        missing = [k for k in ("file", "models") + (("repo",) if entry["source"] == "timm" else ()) if not entry.get(k)]
+        if missing:
+            raise ConfigError(f"{TABLE_ENV}={path}: entry '{name}' lacks {', '.join(missing)}")
+        out[name] = entry
+    return out
+
+
+def hub_table():
+    """The published names: HUB_TABLE, plus or amended by ``$SUITE_HUB_TABLE`` when set."""
+    path = os.environ.get(TABLE_ENV)
+    return {**HUB_TABLE, **_extra_entries(path)} if path else HUB_TABLE

@@ -25,7 +25,6 @@ import sys
 import threading
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("resmlp", "dynamic_mlp", "pim", "transfer")
 DEMO_CFG = "configs/resmlp/demo.yaml"
 DEMO_DATA = "demo_data"
 DEMO_OUTPUT = "output/demo"
@@ -39,23 +38,13 @@ def flag_value(args, flag):
     return None
 
 
-def method_of(cfg_path):
-    """configs/<method>/x.yaml -> <method>; a method name anywhere in the path also counts."""
-    parts = os.path.normpath(cfg_path).split(os.sep)
-    for part in reversed(parts[:-1]):
-        if part in METHODS:
-            return part
-    raise LaunchError(f"error: cannot tell the method from config path '{cfg_path}' (expected "
-                     f"configs/<{'|'.join(METHODS)}>/...); set METHOD=<name>")
-
-
 class LaunchError(SystemExit):
     """Bad input to the launcher: the message is printed as one `error:` line and the exit code is 2."""
 
 
-def method_in_config(path, _depth=0):
-    """MODEL.METHOD of a yaml config (a run's config.yaml records it), else of the files its BASE list includes;
-    None when none says (a file that cannot be read is left to the trainer to report)."""
+def model_key_in_config(path, key, _depth=0):
+    """MODEL.<key> of a yaml config, else of the files its BASE list includes (the file's own value wins, as when
+    the config is merged); None when none says (a file that cannot be read is left to the trainer to report)."""
     from common.config import _read_yaml
     from common.errors import SuiteError
     try:
@@ -63,15 +52,31 @@ def method_in_config(path, _depth=0):
     except (SuiteError, OSError):
         return None
     model = data.get("MODEL")
-    found = model.get("METHOD") if isinstance(model, dict) else None
+    found = model.get(key) if isinstance(model, dict) else None
     if isinstance(found, str) and found:
         return found
-    for base in (data.get("BASE") or []) if _depth < 8 and isinstance(data.get("BASE"), list) else []:
+    for base in reversed(data.get("BASE") or []) if _depth < 8 and isinstance(data.get("BASE"), list) else []:
         if isinstance(base, str) and base:
-            found = method_in_config(os.path.join(os.path.dirname(os.path.abspath(path)), base), _depth + 1)
+            found = model_key_in_config(os.path.join(os.path.dirname(os.path.abspath(path)), base), key, _depth + 1)
             if found:
                 return found
     return None
+
+
+def method_in_config(path):
+    """MODEL.METHOD of a yaml config (a run's config.yaml records it), else the method whose registered model
+    MODEL.NAME is (common/models.py); None when neither tells."""
+    found = model_key_in_config(path, "METHOD")
+    if found:
+        return found
+    name = model_key_in_config(path, "NAME")
+    if not name:
+        return None
+    from common import models
+    try:
+        return models.method_of_model(name)
+    except models.UnknownModelError as e:
+        raise LaunchError(f"error: -cfg {path}: {e}") from None
 
 
 def checkpoint_flag(args):
@@ -96,17 +101,26 @@ def method_in_checkpoint(path):
 
 
 def method_for(args):
-    """METHOD, else -cfg's MODEL.METHOD, else the checkpoint's, else the -cfg folder rule, else resmlp."""
-    if os.environ.get("METHOD"):
-        return os.environ["METHOD"]
+    """The method folder to run (common.models.MethodInfo): METHOD, else -cfg's MODEL.METHOD or the method of its
+    MODEL.NAME in the model registry, else the checkpoint's; never the config's folder name."""
+    from common import models
     cfg = flag_value(args, "-cfg")
-    found, source = (method_in_config(cfg), f"-cfg {cfg}") if cfg else (None, None)
+    found, source = os.environ.get("METHOD"), "METHOD"
+    if not found and cfg:
+        found, source = method_in_config(cfg), f"-cfg {cfg}"
     if not found:
         ckpt = checkpoint_flag(args)
         found, source = method_in_checkpoint(ckpt), f"checkpoint {ckpt}"
-    if found and found not in METHODS:
-        raise LaunchError(f"error: {source} names MODEL.METHOD '{found}', not one of {', '.join(METHODS)}")
-    return found or (method_of(cfg) if cfg else "resmlp")
+    if not found:
+        what = f"-cfg {cfg} sets neither MODEL.METHOD nor a registered MODEL.NAME" if cfg else "no -cfg given"
+        raise LaunchError(f"error: cannot tell which method to run: {what}; set MODEL.METHOD in the config (one "
+                          f"of {', '.join(sorted(models.methods()))}) or METHOD=<name>")
+    known = models.methods()
+    if found not in known:
+        broken = models.discovery_errors().get(f"{found}.method")
+        raise LaunchError(f"error: {source} names method '{found}', not one of {', '.join(sorted(known))}"
+                          + (f" ({found}/method.py could not be loaded: {broken})" if broken else ""))
+    return known[found]
 
 
 def output_of(mode, args):
@@ -194,8 +208,7 @@ def demo_args(mode):
 
 
 def build_command(mode, args, gpus, nproc, ips=None):
-    method = method_for(args)
-    script = os.path.join(REPO, method, "main_multi_gpu.py")
+    script = method_for(args).script
     if mode == "eval" and "-eval" not in args:
         args = args + ["-eval"]
     if gpus:
@@ -377,6 +390,11 @@ def launch(argv=None):
         gpus, nproc = gpus[:ngpus], ngpus
     env = dict(os.environ, OMP_NUM_THREADS=worker_threads(nproc, requested_threads),
                SUITE_COMMAND=f"sh run_{mode}_multi.sh " + " ".join(shlex.quote(a) for a in typed))
+    # the method folder may live outside the repository (SUITE_METHOD_PATH): its parent and the repository are
+    # put on the path, so its main_multi_gpu.py imports `common` and its own package wherever it is
+    method_root = os.path.dirname(method_for(args).folder)
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+        [method_root, REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"))
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     log_dir = cmd[cmd.index("--log_dir") + 1] if "--log_dir" in cmd else None

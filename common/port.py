@@ -2,15 +2,14 @@
 
     python -m common.port --model resmlp_24_224 --src resmlp_24.pth --dst resmlp_24_224.pdparams [--verify]
 
-Models come from the ``PORT_SPECS`` of every ``<method>/port_weights.py`` next to ``common/`` (found at run time;
-``common`` imports no method folder). The source is read without torch and without running pickled code. Exit
+Models come from the model registry (``common/models.py``: the ``PORT_SPECS`` of each method folder's
+``port_weights.py``, found at run time; ``common`` imports no method folder by name). The source is read without torch and without running pickled code. Exit
 status: 0 ported (and verified if asked), 1 the weights do not fit / verification failed / unreadable file,
 2 bad usage (e.g. unknown model), 3 ``--verify`` asked but torch or the reference model is unavailable, 4 the
 destination cannot be written (disk full, read-only), 128 + N stopped by signal N. Every failure is one ``error:``
 line (SUITE_TRACEBACK=1 adds the traceback).
 """
 import argparse
-import importlib
 import os
 import sys
 import warnings
@@ -18,39 +17,17 @@ import warnings
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_SKIP_FOLDERS = {"common", "tests", "configs"}
 
 
-def discover_specs(root=REPO_ROOT):
-    """Import ``<root>/<folder>/port_weights.py`` for every method folder.
-
-    Returns ``(registry {model name: PortSpec}, origin {model name: module}, errors {module: message})``.
-    """
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    registry, origin, errors = {}, {}, {}
-    for entry in sorted(os.listdir(root)):
-        if entry.startswith((".", "_")) or entry in _SKIP_FOLDERS or not entry.isidentifier():
-            continue
-        if not os.path.isfile(os.path.join(root, entry, "port_weights.py")):
-            continue
-        modname = f"{entry}.port_weights"
-        try:
-            module = importlib.import_module(modname)
-        except Exception as e:  # one broken method must not hide the others
-            errors[modname] = f"{type(e).__name__}: {e}"
-            continue
-        specs = getattr(module, "PORT_SPECS", None)
-        if not isinstance(specs, dict):
-            errors[modname] = "defines no PORT_SPECS dict"
-            continue
-        for name, spec in specs.items():
-            if name in registry:
-                errors[modname] = f"model name '{name}' is already defined by {origin[name]}"
-                continue
-            registry[name] = spec
-            origin[name] = modname
-    return registry, origin, errors
+def discover_specs():
+    """The porting rules of every method, from the model registry (common/models.py: each method folder's
+    ``port_weights.PORT_SPECS``). Returns ``(registry {model name: PortSpec}, origin {model name: module},
+    errors {module: message})``."""
+    from common import models
+    specs = models.port_specs()
+    registry = {name: spec for name, (_, spec) in specs.items()}
+    origin = {name: f"{method}.port_weights" for name, (method, _) in specs.items()}
+    return registry, origin, models.discovery_errors()
 
 
 def build_parser():
@@ -91,9 +68,9 @@ def _paddle_dtypes(state):
 
 
 def _print_list(registry, origin, errors, out):
-    from common.hub_table import HUB_TABLE
+    from common.hub_table import hub_table
     published = {}
-    for pname, entry in sorted(HUB_TABLE.items()):
+    for pname, entry in sorted(hub_table().items()):
         for _, _, spec_name, _ in entry["models"]:
             published.setdefault(spec_name, []).append(pname)
     print("models that can be ported (published names for -pretrained: python -m common.hub --list):", file=out)

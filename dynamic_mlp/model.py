@@ -12,6 +12,7 @@ import paddle
 from common.backbones.resnet import RESNET_DEPTHS, ResNet
 from common.config import ConfigError
 from common.init import reset_like_torch
+from common.models import register_model
 from dynamic_mlp.dynamic_mlp import VARIANTS, FCNet, build_fusion
 from dynamic_mlp.metadata import input_dim
 from common.backbones.sk2res2net import SK2RES2NET_DEPTHS, SK2Res2Net
@@ -74,6 +75,9 @@ for _backbone in BACKBONES:
     MODELS[f"{_backbone}_image_only"] = (_backbone, None)
     for _v in VARIANTS:
         MODELS[f"{_backbone}_dynamic_mlp_{_v}"] = (_backbone, _v)
+for _name, (_backbone, _variant) in MODELS.items():
+    register_model(_name, "dynamic_mlp", image_size=224, crop_pct=0.875, interpolation="bilinear", num_classes=10000,
+                   description=f"{_backbone} + Dynamic MLP-{_variant.upper()}" if _variant else f"{_backbone}, image only")
 # the four models of the paper's iNat21 table
 PAPER_MODELS = ("resnet50_image_only", "resnet50_dynamic_mlp_c", "sk2res2net101_image_only",
                 "sk2res2net101_dynamic_mlp_c")

@@ -14,6 +14,7 @@ efficientnet_b0 .. b7              features.4 .. features.7 (common/backbones/ef
 The paper's result uses ``swin_large_patch4_window12_384`` (what the reference calls "swin-t").
 """
 from common.backbones.resnet import RESNET_DEPTHS, create_resnet
+from common.models import register_model
 from common.backbones.efficientnet import EFFICIENTNET_VARIANTS, create_efficientnet
 from pim.pim_module import FeatureInfo, PluginModel
 from common.backbones.swin import SWIN_VARIANTS, create_swin
@@ -42,6 +43,33 @@ def family_of(name):
 def default_image_size(name):
     fam = family_of(name)
     return SWIN_VARIANTS[name][-1] if fam == "swin" else FAMILIES[fam][3]
+
+
+# the paper's selection (Swin-L 384, MODEL.PIM.NUM_SELECTS' default) and the tokens of its levels
+PAPER_SELECTS, PAPER_TOKENS = (2048, 512, 128, 32), (2304, 576, 144, 144)
+LEVEL_STRIDES = {"swin": (8, 16, 32, 32), "resnet": (4, 8, 16, 32), "efficientnet": (16, 16, 32, 32)}
+
+
+def level_tokens(name, img_size):
+    """Tokens of layer1..layer4 of backbone `name` at its default layout and `img_size` px."""
+    fam = family_of(name)
+    if fam == "vit":
+        return tuple([(img_size // VIT_VARIANTS[name][0]) ** 2 + 1] * 4)
+    return tuple((-(-img_size // s)) ** 2 for s in LEVEL_STRIDES[fam])
+
+
+def fitting_num_selects(name, img_size):
+    """Per level, the paper's share of the level's tokens (2048 of 2304, ..., 32 of 144), at most the paper's count:
+    the paper's NUM_SELECTS at 384 px and above, proportionally fewer on smaller grids."""
+    tokens = level_tokens(name, img_size)
+    return [min(sel, max(1, round(sel * t / pt))) for sel, t, pt in zip(PAPER_SELECTS, tokens, PAPER_TOKENS)]
+
+
+for _backbone in BACKBONES:
+    register_model(f"pim_{_backbone}", "pim", model_name=_backbone, image_size=default_image_size(_backbone),
+                   crop_pct=0.875, interpolation="bilinear", num_classes=200,
+                   opts=lambda b=_backbone: {"MODEL.PIM.NUM_SELECTS": fitting_num_selects(b, default_image_size(b))},
+                   description=f"Plug-in Module on {_backbone}")
 
 
 def _ceil_halvings(size, times):

@@ -7,6 +7,7 @@ import paddle.nn as nn
 
 from common import init, layers
 from common.layers import DropPath, Mlp
+from common.models import register_model
 
 
 class Affine(nn.Layer):
@@ -137,3 +138,8 @@ def create_resmlp(name, **overrides):
     kwargs = resmlp_arch(name)
     kwargs.update(overrides)
     return ResMlp(**kwargs)
+
+
+for _name in list(RESMLP_VARIANTS) + list(RESMLP_ALIASES):
+    register_model(_name, "resmlp", image_size=224, crop_pct=0.875, interpolation="bicubic", num_classes=1000,
+                   description=f"ResMLP {resmlp_arch(_name)['depth']} blocks, width {resmlp_arch(_name)['embed_dim']}")

@@ -1,9 +1,8 @@
 """Published weights by name (common/hub.py): download from a local HTTP server laid out like the real hosts,
 verify, port with the registered rules, cache; offline and tampered cases."""
-import functools
 import hashlib
-import http.server
 import os
+import re
 import socket
 import threading
 
@@ -12,42 +11,18 @@ import pytest
 
 from common import hub
 from common.errors import SuiteError
+from tests.hub_server import serve_folder
 
 NAME = "timm/resmlp_12_224.fb_in1k"
 TV_NAME = "torchvision/resnet50.IMAGENET1K_V1"
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    requests = []          # paths asked for, in order (reset per server)
-    truncate = set()       # paths answered with a Content-Length larger than the body
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        type(self).requests.append(self.path)
-        if self.path in type(self).truncate:
-            data = open(self.translate_path(self.path), "rb").read()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data[: len(data) // 2])
-            self.close_connection = True
-            return
-        super().do_GET()
 
 
 @pytest.fixture
 def server(tmp_path):
     root = tmp_path / "www"
     root.mkdir()
-    handler = type("Handler", (_Handler,), {"requests": [], "truncate": set()})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}", handler
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(root) as (url, handler):
+        yield root, url, handler
 
 
 @pytest.fixture
@@ -284,3 +259,26 @@ def test_concurrent_callers_download_once(env, timm_file):
         t.join(120)
     assert not errors and len(set(results)) == 1 and len(results) == 3
     assert handler.requests == [path]
+
+
+def test_suite_hub_table_adds_and_amends_names_and_bad_files_are_named(tmp_path, monkeypatch):
+    from common.config import ConfigError
+    from common.hub_table import HUB_TABLE, hub_table
+    table = tmp_path / "table.json"
+    table.write_text('{"torchvision/resnet50.IMAGENET1K_V1": {"sha256": "ab"}, "timm/my_lab_resnet50.v1": '
+                     '{"repo": "my_lab_resnet50.v1", "file": "model.safetensors", '
+                     '"models": [["transfer", "resnet50", "resnet50", []]]}}')
+    monkeypatch.setenv("SUITE_HUB_TABLE", str(table))
+    got = hub_table()
+    assert got["torchvision/resnet50.IMAGENET1K_V1"]["sha256"] == "ab"
+    assert got["torchvision/resnet50.IMAGENET1K_V1"]["models"] == HUB_TABLE["torchvision/resnet50.IMAGENET1K_V1"][
+        "models"]                                             # the other fields stay the table's
+    assert hub.check_name("timm/my_lab_resnet50.v1", "resnet50", "transfer") == ("transfer", "resnet50", "resnet50",
+                                                                                  ())
+    assert hub.source_url("timm/my_lab_resnet50.v1").endswith("/timm/my_lab_resnet50.v1/resolve/main/model.safetensors")
+    for text, says in (("{not json", "cannot read it as JSON"), ('{"timm/x": {"sha": "1"}}', "unknown field(s) sha"),
+                       ('{"timm/x": {"file": "f"}}', "entry 'timm/x' lacks models, repo"),
+                       ('{"x/y": {}}', "names start with timm/ or torchvision/")):
+        table.write_text(text)
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            hub_table()

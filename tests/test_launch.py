@@ -1,3 +1,4 @@
+import glob
 import os
 import subprocess
 import sys
@@ -15,19 +16,32 @@ def test_cpu_single_process_runs_the_script_directly():
 
 
 def test_gpus_and_cpu_processes_go_through_the_paddle_launcher():
-    cmd = launch.build_command("eval", ["-cfg", "configs/resmlp/x.yaml", "-output", "o"], gpus=["0", "1"], nproc=2)
+    cmd = launch.build_command("eval", ["-cfg", "configs/resmlp/demo.yaml", "-output", "o"], gpus=["0", "1"], nproc=2)
     assert cmd[1:5] == ["-m", "paddle.distributed.launch", "--gpus", "0,1"]
     assert cmd[-1] == "-eval"                              # eval mode adds the flag
-    cmd = launch.build_command("train", ["-cfg", "configs/resmlp/x.yaml"], gpus=[], nproc=3, ips="a,b")
+    cmd = launch.build_command("train", ["-cfg", "configs/resmlp/demo.yaml"], gpus=[], nproc=3, ips="a,b")
     assert "--nproc_per_node" in cmd and cmd[cmd.index("--nproc_per_node") + 1] == "3"
     assert cmd[cmd.index("--ips") + 1] == "a,b"
 
 
-def test_method_is_taken_from_the_config_path():
-    assert launch.method_of("configs/dynamic_mlp/r50.yaml") == "dynamic_mlp"
-    assert launch.method_of("/abs/configs/pim/cub.yaml") == "pim"
-    with pytest.raises(SystemExit, match="cannot tell the method"):
-        launch.method_of("other/x.yaml")
+def test_method_comes_from_the_config_or_the_model_registry_never_the_folder_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("METHOD", raising=False)
+    def method(text):
+        cfg = tmp_path / "configs" / "resmlp" / "x.yaml"      # a folder name that must not count
+        cfg.parent.mkdir(parents=True, exist_ok=True)
+        cfg.write_text(text)
+        return launch.method_for(["-cfg", str(cfg)])
+    assert method("MODEL:\n  METHOD: pim\n").name == "pim"
+    assert method("MODEL:\n  NAME: resnet50_dynamic_mlp_c\n").name == "dynamic_mlp"    # by the registry
+    assert method("MODEL:\n  NAME: swin_tiny_patch4_window7_224\n").script.endswith("pim/main_multi_gpu.py")
+    with pytest.raises(SystemExit, match="resnet50 is a model of pim and transfer: say which with MODEL.METHOD"):
+        method("MODEL:\n  NAME: resnet50\n")
+    with pytest.raises(SystemExit, match="cannot tell which method to run"):
+        method("DATA:\n  BATCH_SIZE: 4\n")
+    with pytest.raises(SystemExit, match="names method 'nope', not one of dynamic_mlp, pim, resmlp, transfer"):
+        method("MODEL:\n  METHOD: nope\n")
+    for cfg in glob.glob(os.path.join(launch.REPO, "configs", "*", "*.yaml")):   # every shipped config says
+        assert launch.model_key_in_config(cfg, "METHOD") == os.path.basename(os.path.dirname(cfg)), cfg
 
 
 def test_no_arguments_means_the_demo_job(tmp_path, monkeypatch):

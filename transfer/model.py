@@ -16,10 +16,14 @@ import paddle.nn as nn
 from common import init
 from common.backbones.resnet import RESNET_DEPTHS, ResNet, create_resnet, reset_like_torchvision
 from common.config import ConfigError
+from common.models import register_model
 from common.backbones.inception_v4 import InceptionV4, inception_v4
 
 MODEL_NAMES = ("inception_v4",) + tuple(RESNET_DEPTHS)
 LR_GROUPS = ("head", "high", "low")   # order of TRANSFER.LRS
+for _name in MODEL_NAMES:
+    register_model(_name, "transfer", image_size=299 if _name == "inception_v4" else 224, crop_pct=0.875,
+                   interpolation="bicubic", num_classes=1000, description=f"{_name} for fine-tuning")
 
 
 def create_model(name, num_classes=1000, in_channels=3, drop_rate=0.0):
