@@ -214,7 +214,7 @@ def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print, mo
     if hub.is_published_name(path):
         path = hub.resolve(path, model_name=model_name, method=method, log=log)
     elif model_name and hub.is_foreign_checkpoint(path):   # a PyTorch / safetensors file: ported on the fly
-        path = hub.port_local(path, model_name, method=method, log=log)
+        path = hub.port_local(path, model_name, method=method, log=log, model=model)
     obj = read_checkpoint(path)
     if prefer_ema and not (isinstance(obj, dict) and isinstance(obj.get("ema"), dict) and obj["ema"]):
         raise CheckpointMismatchError(

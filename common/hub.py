@@ -264,50 +264,84 @@ def is_foreign_checkpoint(path):
         return False
 
 
-def _local_spec(model_name, method=None):
+def _local_specs(model_name, method=None):
+    """The port specs that may fit MODEL.NAME `model_name` of `method`, most specific first: the registry's entries
+    for it (e.g. PIM's paper model), the name itself, then PIM's backbone-only spec."""
+    from common import models
     from common.port import discover_specs
     registry, origin, _ = discover_specs()
-    candidates = [model_name, f"pim_backbone_{model_name}"]
-    for name in candidates:
-        if name in registry and (not method or origin[name] == f"{method}.port_weights"):
-            return registry[name]
-    raise HubError(f"no port rules for model '{model_name}'{f' ({method})' if method else ''}: convert the file "
-                   f"with python -m common.port --model NAME --src FILE --dst out.pdparams (see --list)")
+    candidates = [m.name for m in models.find_models(model_name, method or None)] + [
+        model_name, f"pim_backbone_{model_name}"]
+    found = [registry[n] for n in dict.fromkeys(candidates)
+             if n in registry and (not method or origin[n] == f"{method}.port_weights")]
+    if not found:
+        raise HubError(f"no port rules for model '{model_name}'{f' ({method})' if method else ''}: convert the file "
+                       f"with python -m common.port --model NAME --src FILE --dst out.pdparams (see --list)")
+    return found, [s for n, s in registry.items() if not method or origin[n] == f"{method}.port_weights"]
 
 
-def port_local(path, model_name, method=None, log=None):
-    """A local PyTorch / safetensors file ported for `model_name` with its registered rules and cached (key: the
-    file's absolute path, size and modification time, and the model); returns the cached ``.pdparams``."""
+def _as_built_spec(model, model_name, method_specs):
+    """A spec for the model exactly as the config built it (its sizes, FPN, class count...), with every source
+    layout the method knows: an authors' full checkpoint (PIM's best.pt, Dynamic MLP's iNat21 models) ports for
+    any config whose model it fits, not only for the registered default."""
+    from common.porting.spec import PortSpec
+    shapes = sorted((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    digest = hashlib.sha256(repr(shapes).encode()).hexdigest()[:10]
+    flavours = list({f.name: f for s in method_specs for f in s.flavours}.values())
+    return PortSpec(name=f"{model_name}-{digest}", build_model=lambda **kw: model, flavours=flavours,
+                    description=f"{model_name} as configured")
+
+
+def port_local(path, model_name, method=None, log=None, model=None):
+    """A local PyTorch / safetensors file ported for `model_name` (with `model`: for that model as built) with the
+    registered rules and cached (key: the file's absolute path, size and modification time, and the spec); returns
+    the cached ``.pdparams``. Specs are tried most specific first; backbone-only weights for a model with parts of
+    its own (ImageNet weights for PIM, the Dynamic MLP) leave those parts to the model."""
     from common.checkpoint import atomic_save
     from common.port import port_file
     from common.porting.rules import PortError
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    spec = _local_spec(model_name, method)
+    specs, method_specs = _local_specs(model_name, method)
+    if model is not None:
+        specs = [_as_built_spec(model, model_name, method_specs)] + specs
     st = os.stat(path)
     src = os.path.abspath(path)
-    key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}|{spec.name}".encode()).hexdigest()[:16]
     stem = os.path.splitext(os.path.basename(src))[0]
-    dst = os.path.join(cache_dir(), "local", f"{stem}-{key}--{spec.name}.pdparams")
-    if os.path.isfile(dst):
-        log(f"pretrained {path}: using its port cached at {dst}")
-        return dst
-    with _Lock(dst):
-        if os.path.isfile(dst):
-            return dst
-        try:
-            ported, report = port_file(spec, src, log=log)[:2]
-        except PortError:
-            # backbone weights (e.g. ImageNet) for a model with parts of its own: leave those parts to the model
+
+    def cached(spec):
+        key = hashlib.sha256(f"{src}|{st.st_size}|{st.st_mtime_ns}|{spec.name}".encode()).hexdigest()[:16]
+        return os.path.join(cache_dir(), "local", f"{stem}-{key}--{spec.name}.pdparams")
+    for spec in specs:
+        if os.path.isfile(cached(spec)):
+            log(f"pretrained {path}: using its port cached at {cached(spec)}")
+            return cached(spec)
+    first_error = None
+    for spec in specs + [None]:
+        if spec is None:       # nothing fits whole: backbone weights, the model's own parts left to it
+            spec = specs[-1]
             allow = sorted({p for e in hub_table().values() for _, _, sn, am in e["models"] if sn == spec.name
                             for p in am})
             if not allow:
-                raise
+                raise first_error
             log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
-            ported, report = port_file(spec, src, allow_missing=allow, log=log)[:2]
-        log(report.summary())
-        atomic_save(ported, dst)
-    log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
-    return dst
+        else:
+            allow = ()
+        dst = cached(spec)
+        with _Lock(dst):
+            if os.path.isfile(dst):
+                return dst
+            try:
+                ported, report = port_file(spec, src, allow_missing=allow, log=lambda m: None)[:2]
+            except (PortError, ValueError) as e:       # ValueError: no layout of the spec recognises the keys
+                first_error = first_error or e
+                if allow:
+                    raise first_error from None
+                continue
+            log(report.summary())
+            atomic_save(ported, dst)
+        log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
+        return dst
+    raise first_error
 
 
 def print_list(out=sys.stdout):

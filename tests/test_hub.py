@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from common import hub
+from common.hub_table import HUB_TABLE
 from common.errors import SuiteError
 from tests.hub_server import serve_folder
 
@@ -136,8 +137,8 @@ def test_truncated_download_is_refused_and_not_cached(env, timm_file):
 def test_tampered_file_is_refused_naming_both_hashes(env, timm_file, monkeypatch):
     root, handler, cache = env
     good = hashlib.sha256(timm_file.read_bytes()).hexdigest()
-    entry = dict(hub.HUB_TABLE[NAME], sha256=good)
-    monkeypatch.setitem(hub.HUB_TABLE, NAME, entry)
+    entry = dict(HUB_TABLE[NAME], sha256=good)
+    monkeypatch.setitem(HUB_TABLE, NAME, entry)
     path = _publish(root, timm_file)
     data = bytearray((root / path.lstrip("/")).read_bytes())
     data[-1] ^= 0xFF
@@ -192,7 +193,7 @@ def test_unknown_name_and_list():
         hub.resolve("timm/resmlp_99_224.nope")
     for name in ("timm/resmlp_24_224.fb_distilled_in1k", "timm/inception_v4.tf_in1k",
                  "timm/swin_large_patch4_window12_384.ms_in22k", "torchvision/resnet50.IMAGENET1K_V1"):
-        assert name in hub.HUB_TABLE
+        assert name in HUB_TABLE
 
 
 def test_table_specs_exist():
@@ -200,7 +201,7 @@ def test_table_specs_exist():
     from common.port import discover_specs
     registry, _, errors = discover_specs()
     assert not errors
-    for name, entry in hub.HUB_TABLE.items():
+    for name, entry in HUB_TABLE.items():
         for method, model, spec, allow in entry["models"]:
             assert spec in registry, (name, spec)
 

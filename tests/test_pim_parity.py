@@ -278,6 +278,29 @@ def test_live_official_checkpoint_file(tmp_path):
     assert rel(run_model(model, load_paddle_file(str(dst)), x)["comb_outs"], z["comb_outs"]) < TOL
 
 
+def test_official_checkpoint_as_pretrained_is_ported_on_the_fly_for_the_configs_model(tmp_path, monkeypatch):
+    """-pretrained best.pt (the reference's {'model', 'optimizer', 'epoch'} file) with no separate port step: ported
+    for the model the config builds (not only the paper's registered Swin-L), cached, and equal to the reference."""
+    torch = pytest.importorskip("torch")
+    from common.checkpoint import load_pretrained
+    monkeypatch.setenv("SUITE_CACHE", str(tmp_path / "cache"))
+    z, weights, x, _ = load_fixture("pim_swin_tiny")
+    src = tmp_path / "best.pt"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in weights.items()}, "optimizer": {"state": {}},
+                "epoch": 49}, str(src))
+    logs = []
+    _, model = build(fixture_opts(z))
+    load_pretrained(model, str(src), log=logs.append, model_name="swin_tiny_patch4_window7_224", method="pim")
+    assert any("ported for swin_tiny_patch4_window7_224-" in m and "/local/best-" in m for m in logs), logs
+    model.eval()
+    with paddle.no_grad():
+        out = model(paddle.to_tensor(x))
+    assert rel(out["comb_outs"].numpy(), z["comb_outs"]) < TOL
+    _, again = build(fixture_opts(z))                    # the second load uses the cached port
+    load_pretrained(again, str(src), log=logs.append, model_name="swin_tiny_patch4_window7_224", method="pim")
+    assert "using its port cached at" in logs[-2]
+
+
 def test_backbone_port_cli_then_pretrained_with_new_plug_in(tmp_path):
     """torchvision-named ResNet weights -> `python -m common.port --model pim_backbone_resnet18` -> a PIM model
     loads them with -pretrained + MODEL.PRETRAINED_NEW_HEAD (the plug-in module stays as initialised)."""
