@@ -222,7 +222,7 @@ class GCNCombiner(nn.Layer):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
         init.reset_like_torch(self)
-        eye = paddle.eye(num_joints, dtype="float32")
+        eye = paddle.eye(num_joints, dtype=self.adj1.dtype)     # float64 models too (default dtype)
         self.adj1.set_value(eye / 100 + 1 / 100)
 
     def forward(self, selections):
