@@ -290,6 +290,9 @@ class ParameterCounts:
             self.digests[method] = _source_digest(method)
         key = f"{name}@{self.digests[method]}"
         if not isinstance(self.cache.get(key), int):
+            if not self.changed:
+                print(f"counting parameters (built without weights; cached in {self.path}) ...", file=sys.stderr,
+                      flush=True)
             self.cache[key] = count_parameters(name)
             self.changed = True
         return self.cache[key]
