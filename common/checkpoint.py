@@ -14,12 +14,19 @@ import paddle
 
 from common.errors import SuiteError
 from common.outdir import atomic_write
-from common.porting.reader import PADDLE_NAME_TABLE, _safetensors_header, checkpoint_format
+from common.formats import PADDLE_NAME_TABLE, checkpoint_format, safetensors_header
 from common.safe_pickle import KEEP, CheckpointFormatError, load_paddle_file, rebuild, short_repr
 
 
 class CheckpointMismatchError(SuiteError, ValueError):
     pass
+
+
+LOW_PRECISION = (paddle.float16, paddle.bfloat16)
+
+
+def as_float32(value):
+    return value.astype("float32") if value.dtype in LOW_PRECISION else value
 
 
 def atomic_save(obj, path):
@@ -44,7 +51,7 @@ def _not_a_checkpoint(path, fmt):
     elif fmt == "safetensors":
         try:
             with open(path, "rb") as f:
-                _safetensors_header(f, os.path.getsize(path))
+                safetensors_header(f, os.path.getsize(path))
         except CheckpointFormatError as e:
             reason = f"truncated or corrupt safetensors file: {e}"
     elif fmt not in ("torch_legacy", "torch_tar"):
@@ -253,6 +260,87 @@ def to_tensors(obj):
     return rebuild(obj, lambda x: paddle.to_tensor(x) if isinstance(x, np.ndarray) else KEEP, "optimizer state")
 
 
+# ----------------------------------------------------------------------------------------------------------- save
+def _param_name_map(model):
+    """Paddle's unique parameter names (which depend on creation order) -> structured names (which don't)."""
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def _rename_opt_state(state, mapping):
+    """Rename optimizer state keys that start with a parameter name, using `mapping` (longest match first)."""
+    names = sorted(mapping, key=len, reverse=True)
+
+    def rename(key):
+        for n in names:
+            if key == n or key.startswith(n + "_"):
+                return mapping[n] + key[len(n):]
+        return key
+
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {rename(k): v for k, v in value.items()}
+        elif key == PADDLE_NAME_TABLE:
+            continue
+        else:
+            out[rename(key)] = value
+    return out
+
+
+def training_state(epoch, model, optimizer, scheduler, scaler, ema, run, config, meta):
+    """One training checkpoint: everything `restore_training_checkpoint` needs to continue the run exactly.
+    `run`: the run's progress {'global_step', 'best', 'history', 'saved_epochs', 'world_size'}; `meta`:
+    `checkpoint_meta`. Optimizer state is keyed by structured parameter names, so a rebuilt model fits it."""
+    return {
+        # weights a user receives are float32, whatever the training precision (AMP O2 keeps float16 / bfloat16
+        # parameters; the optimizer's float32 master weights are in its own state)
+        "model": {k: as_float32(v) for k, v in model.state_dict().items()},
+        "ema": ema.state_dict() if ema else None,
+        "optimizer": _rename_opt_state(optimizer.state_dict(), _param_name_map(model)),
+        "lr_scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "epoch": epoch,
+        "global_step": run["global_step"],
+        "best": dict(run["best"]),
+        "history": list(run["history"]),
+        "saved_epochs": list(run["saved_epochs"]),
+        "rng": rng_state(),
+        "world_size": run["world_size"],
+        "config": config.dump(),
+        # what the checkpoint is, without building anything: -cfg-less evaluation / prediction, the launcher
+        "meta": meta,
+    }
+
+
+def epoch_checkpoint_path(out_dir, epoch):
+    return os.path.join(out_dir, f"epoch_{epoch}.pdparams")
+
+
+def save_training_checkpoint(out_dir, state, numbered, is_best, keep):
+    """Write `state` to last.pdparams, to epoch_<epoch>.pdparams when `numbered` (then prune), and to best.pdparams
+    when `is_best`. Returns the numbered checkpoints still kept (`prune_epoch_checkpoints`)."""
+    saved = list(state["saved_epochs"])
+    atomic_save(state, os.path.join(out_dir, "last.pdparams"))
+    if numbered:
+        atomic_save(state, epoch_checkpoint_path(out_dir, state["epoch"]))
+        saved = prune_epoch_checkpoints(out_dir, saved, keep)
+    if is_best:
+        atomic_save(state, os.path.join(out_dir, "best.pdparams"))
+    return saved
+
+
+def prune_epoch_checkpoints(out_dir, saved_epochs, keep):
+    """Keep the newest `keep` (SAVE.KEEP; <= 0: all) numbered checkpoints of this run, `saved_epochs` being its own
+    list carried through resumes: files of any other run in the folder are never touched. Returns the kept list."""
+    if keep <= 0:
+        return list(saved_epochs)
+    for epoch in saved_epochs[:-keep]:
+        path = epoch_checkpoint_path(out_dir, epoch)
+        if os.path.exists(path):
+            os.remove(path)
+    return list(saved_epochs[-keep:])
+
+
 # ----------------------------------------------------------------------------------------------------------- resume
 # accumulators Paddle keeps per parameter (state keys '<param>_<name>_<n>'), by optimizer
 _ACCUMULATORS = {"AdamW": {"moment1", "moment2", "beta1_pow_acc", "beta2_pow_acc", "moment2_max"},
@@ -413,3 +501,37 @@ def check_training_checkpoint(path, state, model, optimizer, scheduler, config, 
             f". Resume with the settings the checkpoint was trained with, or start a new run with -pretrained "
             f"{path} to load its weights only")
     return {"model": weights, "ema": ema_weights, "notes": notes}
+
+
+def restore_training_checkpoint(path, model, optimizer, scheduler, scaler, ema, config, world, log=print):
+    """Restore a training checkpoint into the run's pieces (`ema`, `scaler` may be None); everything is checked
+    first (`check_training_checkpoint`), so a checkpoint that does not fit changes nothing. Python's and numpy's
+    random states are restored too. Returns the run's progress: {'epoch', 'global_step', 'best' (None when not
+    stored), 'history', 'saved_epochs', 'ema_restored'}; with an `ema` but no EMA weights in the checkpoint,
+    'ema_restored' is False and the caller restarts the average from the restored model."""
+    state = read_checkpoint(path)
+    checked = check_training_checkpoint(path, state, model, optimizer, scheduler, config, ema=ema is not None)
+    for note in checked["notes"]:
+        log(note)
+    model.set_state_dict(checked["model"])
+    ema_restored = False
+    if ema is not None:
+        if checked["ema"] is not None:
+            ema.set_state_dict(checked["ema"])
+            ema_restored = True
+        else:
+            log("checkpoint has no EMA weights; EMA restarts from the current model")
+    name_to_unique = {n: p.name for n, p in model.named_parameters()}
+    optimizer.set_state_dict(to_tensors(_rename_opt_state(state["optimizer"], name_to_unique)))
+    scheduler.set_state_dict(state["lr_scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(to_tensors(state["scaler"]))
+    set_rng_state(state.get("rng"))
+    if int(state.get("world_size") or world) != world:
+        log(f"note: checkpoint was written with {state['world_size']} process(es), resuming with "
+            f"{world}; the data order differs from an uninterrupted run")
+    start = int(state["epoch"]) + 1
+    log(f"resumed from {path}: epoch {state['epoch']} done, continuing at epoch {start}")
+    return {"epoch": int(state["epoch"]), "global_step": int(state.get("global_step") or 0),
+            "best": state.get("best"), "history": list(state.get("history") or []),
+            "saved_epochs": [int(e) for e in state.get("saved_epochs") or []], "ema_restored": ema_restored}

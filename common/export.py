@@ -47,12 +47,13 @@ class MainHead(nn.Layer):
         super().__init__()
         self.model = model
         self._method = method
+        self._head = method.main_head_of(model)
 
     def forward(self, image, extra0=None, extra1=None):
         # named inputs (to_static cannot trace *args); a method may declare up to two extra inputs
         extras = [e for e in (extra0, extra1) if e is not None]
-        outputs = self._method.forward(self.model, image, extras)
-        return self._method.eval_heads(outputs)[self._method.main_head]
+        outputs = self.model(image, *extras)
+        return self._method.eval_heads(self.model, outputs)[self._head]
 
 
 def input_specs(method, config):
@@ -176,7 +177,7 @@ def _write_export(method, config, model, out_dir, names, onnx, opset):
         inputs.append({"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("paddle.", "")})
         if s.name in sources:
             inputs[-1]["source"] = sources[s.name]
-    meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head,
+    meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head_of(model),
                  "config": config.dump(), "inputs": inputs})
     graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
     meta["files"] = {"graph": os.path.basename(graph), "params": MODEL_PREFIX + ".pdiparams"}
@@ -198,10 +199,11 @@ def predictor_heads(method, config, model, device="cpu"):
     with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor holds the model in memory
         export_model(method, config, model, folder)
         clf = ExportedClassifier(folder, threads=dist.cpu_threads(), gpu_id=gpu_id)
+    head = method.main_head_of(model)
 
     def heads_fn(images, extras):
         logits = clf.run(images.numpy(), *[e.numpy() for e in extras])
-        return {method.main_head: paddle.to_tensor(logits)}
+        return {head: paddle.to_tensor(logits)}
     return heads_fn
 
 

@@ -18,11 +18,11 @@ import paddle.nn.functional as F
 from common import dist
 from common.checkpoint import load_pretrained, read_checkpoint, stored_run_info
 from common.cli import add_opts_flags, build_parser, config_from_args
+from common.data.build import build_loader, split_batch
 from common.data.datasets import DataError, ImageDataset, read_class_names
 from common.data.samplers import EvalBatchSampler
 # shared with python -m common.deploy (which imports no training code)
 from common.deploy import collect_samples, folder_samples, print_predictions, write_csv  # noqa: F401
-from common.engine.trainer import build_loader, split_batch
 from common.errors import run_entry
 from common.outdir import check_output_file, check_writable
 from common.report import ClassCounts, Progress, write_class_report
@@ -78,8 +78,10 @@ def class_names_for(config, data_path, fallback=True):
 
 
 @paddle.no_grad()
-def predict_samples(method, model, config, samples, batch_size=32, topk=5, progress=True):
-    """[(sample, top-k class ids, top-k probabilities)] using the method's eval transform and its main head."""
+def predict_samples(method, model, config, samples, batch_size=32, topk=5, progress=True, head=None):
+    """[(sample, top-k class ids, top-k probabilities)] using the method's eval transform and `head` (default: the
+    model's main head)."""
+    head = head or method.main_head_of(model)
     dataset = ImageDataset(samples, method.eval_transform(config), meta_fn=method.meta_fn(config))
     loader = build_loader(dataset, EvalBatchSampler(len(dataset), batch_size), config.DATA.NUM_WORKERS,
                           config.DATA.SHARED_MEMORY)
@@ -89,7 +91,7 @@ def predict_samples(method, model, config, samples, batch_size=32, topk=5, progr
               if progress and len(samples) > batch_size else None)
     for batch in loader:
         images, _, extras = split_batch(batch)
-        logits = method.eval_heads(method.forward(model, images, extras))[method.main_head]
+        logits = method.eval_heads(model, model(images, *extras))[head]
         probs = F.softmax(logits.astype("float32"), axis=-1)
         values, ids = paddle.topk(probs, k, axis=1)
         for i in range(ids.shape[0]):
@@ -135,7 +137,8 @@ def _predict(method, args):
         counts = ClassCounts(config.MODEL.NUM_CLASSES).add([s.label for s, _, _ in results],
                                                            [int(ids[0]) for _, ids, _ in results])
         top1 = 100.0 * counts.correct.sum() / max(counts.count, 1)
-        write_class_report(args.report, counts, known, f"{config.MODEL.NAME}, head '{method.main_head}': top-1 "
+        head = method.main_head_of(model)
+        write_class_report(args.report, counts, known, f"{config.MODEL.NAME}, head '{head}': top-1 "
                            f"{top1:.2f}% on {counts.count} images", log=print)
     return results
 

@@ -1,12 +1,25 @@
 """Per-run logging: every rank writes `log_rank{r}.txt`; rank 0 also prints and writes `log.txt`.
-Scalars go to VisualDL (rank 0) when it is installed and enabled."""
+Scalars go to VisualDL (rank 0) when it is installed and enabled.
+
+One suite logger ("suite") holds the run's handlers. A module logs through `get_logger(__name__)`, a child of it,
+so its lines reach the run's files and console without anyone attaching handlers to it; before a run is set up
+(a library call, a test) they propagate to Python's root logger as usual."""
 import logging
 import os
 import sys
 
+SUITE = "suite"
 
-def setup_logger(out_dir, rank, name="suite"):
-    logger = logging.getLogger(f"{name}.{os.path.abspath(out_dir)}.{rank}")
+
+def get_logger(name):
+    """The logger of module `name`: a child of the suite logger."""
+    return logging.getLogger(f"{SUITE}.{name}")
+
+
+def setup_logger(out_dir, rank):
+    """Point the suite logger at this run's files (and rank 0's console); returns it. A second run in the same
+    process takes the handlers over (the previous ones are closed)."""
+    logger = logging.getLogger(SUITE)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for h in list(logger.handlers):
@@ -20,10 +33,6 @@ def setup_logger(out_dir, rank, name="suite"):
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
-    # data-set warnings (e.g. a skipped bad image) go to the same place
-    data_logger = logging.getLogger("common.data.datasets")
-    data_logger.handlers = list(handlers)
-    data_logger.propagate = False
     return logger
 
 

@@ -6,16 +6,21 @@ import paddle.nn.functional as F
 from common.config import ConfigError, get_default_config
 from common.data.transforms import build_eval_transform, build_train_transform
 
+MAIN_HEAD = "main"   # the name of a single-head model's prediction
+
 
 class ClassificationMethod:
+    """Stateless: what `build_model` / `prepare_training` decide for a model is recorded on that model (e.g. PIM's
+    `model.pim_settings`), and every hook that depends on it takes the model, so one method object serves any
+    number of models, and a hook never sees settings left over from another model."""
     name = "classifier"
-    main_head = "main"   # the prediction that -eval reports and "best" tracks
 
     def get_config(self):
         """Common defaults plus the method's own keys (override and extend)."""
         return get_default_config()
 
     def build_model(self, config):
+        """The paddle Layer for `config`; the engine calls it directly: `model(images, *extra inputs)`."""
         raise NotImplementedError
 
     def read_samples(self, config, split):
@@ -33,16 +38,18 @@ class ClassificationMethod:
     def eval_transform(self, config):
         return build_eval_transform(config)
 
-    def forward(self, model, images, extras):
-        return model(images, *extras) if extras else model(images)
+    def main_head_of(self, model):
+        """The head of `model` that -eval reports, "best" tracks, prediction and export use."""
+        return MAIN_HEAD
 
     def loss(self, criterion, outputs, targets, model):
         """(total loss, {name: extra term to log})."""
         return criterion(outputs, targets), {}
 
-    def eval_heads(self, outputs):
-        """{head name: logits} to score; the engine reports each and tracks `main_head`."""
-        return {self.main_head: outputs}
+    def eval_heads(self, model, outputs):
+        """{head name: logits} of `model`'s outputs to score; the engine reports each and tracks
+        `main_head_of(model)`."""
+        return {self.main_head_of(model): outputs}
 
     def lr_mult_fn(self, config, model):
         """name -> learning-rate multiplier for parameter groups, or None for one rate."""
@@ -63,10 +70,6 @@ class ClassificationMethod:
         `common.metadata.export_source(subset)` for latitude / longitude / date from the list-file columns or the
         -lat / -lon / -date flags. An extra input without a source is refused by common.deploy."""
         return {}
-
-    def mixup_extras(self, config):
-        """Whether mixup mixes the extra inputs (metadata) along with the images."""
-        return True
 
     def has_unused_parameters(self, config):
         """Whether this configuration leaves trainable parameters out of the model's outputs (e.g. a branch the

@@ -12,8 +12,9 @@ from common import dist
 from common.checkpoint import load_pretrained
 from common.cli import build_parser, config_from_args
 from common.config import ConfigError, config_warnings, save_config
+from common.data.build import build_datasets, build_eval_loader
 from common.data.loader import shared_memory_warning
-from common.engine.trainer import Trainer, build_datasets, build_eval_loader, evaluate
+from common.engine.trainer import Trainer, evaluate
 from common.errors import OutputError, RunExistsError, SuiteError, add_error_sink, run_entry
 from common.logger import ScalarWriter, setup_logger
 from common.outdir import atomic_write_text, claim_output, holds_run
@@ -179,12 +180,13 @@ def run(method, argv=None):
                         model_name=config.MODEL.NAME, method=config.MODEL.METHOD or None)
 
     if config.EVAL.ONLY:
+        head = method.main_head_of(model)
         _, val_set = build_datasets(config, method, train=False, val=True)
         heads_fn = None
         if config.EVAL.PREDICTOR:
             from common.export import predictor_heads
             heads_fn = predictor_heads(method, config, model, device)
-            logger.info(f"evaluating through the exported model in Paddle Inference (head '{method.main_head}')")
+            logger.info(f"evaluating through the exported model in Paddle Inference (head '{head}')")
         progress = (Progress("eval", len(val_set), logger.info, every=config.REPORT_FREQ, scale=dist.world_size())
                     if rank == 0 else None)
         metrics, classes = evaluate(model, method, build_eval_loader(config, val_set), config, device, heads_fn,
@@ -193,7 +195,7 @@ def run(method, argv=None):
         if rank == 0:
             atomic_write_text(os.path.join(out_dir, "eval_metrics.json"), json.dumps(metrics, indent=1))
             write_class_report(out_dir, classes, eval_class_names(config, val_set),
-                               f"{config.MODEL.NAME}, head '{method.main_head}': top-1 {metrics['top1']:.2f}% on "
+                               f"{config.MODEL.NAME}, head '{head}': top-1 {metrics['top1']:.2f}% on "
                                f"{metrics['count']} images", logger.info)
         return metrics
 

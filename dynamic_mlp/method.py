@@ -1,17 +1,15 @@
 """What Dynamic MLP tells the shared engine: its config, models, the metadata input and the iNat21 json layout."""
-import logging
 import os
 
 from common.data.datasets import DataError, read_list_file
+from common.logger import get_logger
 from common.method import ClassificationMethod
 from dynamic_mlp.config import get_config
 from dynamic_mlp.inat import read_inat_json
 from dynamic_mlp.metadata import MetadataEncoder, export_source, input_dim
 from dynamic_mlp.model import build_from_config, uses_metadata
 
-# a child of the data-set logger, whose handlers write to the run's log (common/logger.py)
-logger = logging.getLogger("common.data.datasets.dynamic_mlp")
-logger.setLevel(logging.INFO)
+logger = get_logger(__name__)
 
 
 def config_uses_metadata(config):
@@ -71,6 +69,3 @@ class DynamicMLPMethod(ClassificationMethod):
         if not config_uses_metadata(config):
             return {}
         return {"metadata": export_source(config.MODEL.DYNAMIC_MLP.METADATA)}
-
-    def mixup_extras(self, config):
-        return True  # the reference mixes the encoded metadata with the same lambda and partner as the images

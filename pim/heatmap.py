@@ -22,6 +22,7 @@ The reference's heat.py is not class-discriminative: it multiplies the backbone 
 classifier, so its map ignores both the class and the training. Here the map changes with -target_class.
 """
 import argparse
+import functools
 import os
 import sys
 
@@ -242,7 +243,7 @@ def _heatmap(args):
     config, model = load_model(method, args)
     names = class_names_for(config, args.data_path)
     target = _target_index(args.target_class, names)
-    head = args.head or method.main_head
+    head = args.head or method.main_head_of(model)
     kind = args.method if args.method != "auto" else ("gradcam" if model.backbone_only else "tokens")
     transform = method.eval_transform(config)
     for path, png, npy in jobs:
@@ -267,13 +268,13 @@ def _one_heatmap(model, method, transform, names, path, png, npy, target, head, 
     for step in geometry:
         shown = step(shown)
     with paddle.no_grad():
-        heads = method.eval_heads(model(x))
+        heads = method.eval_heads(model, model(x))
     if head not in heads:
         raise ConfigError(f"-head {head} is not one of {', '.join(heads)}")
     probs = paddle.nn.functional.softmax(heads[head].astype("float32"), axis=-1)[0].numpy()
     pred = int(probs.argmax())
     target = pred if target is None else target
-    heat = class_heatmap(model, x, target, kind, head, method.eval_heads)
+    heat = class_heatmap(model, x, target, kind, head, functools.partial(method.eval_heads, model))
     original, full = np.asarray(img), on_original(heat, view_box(geometry, img.size), img.size)
     if full is None:   # a transform whose geometry is not known: show the model's view instead
         original, full = np.asarray(shown.convert("RGB")), heat

@@ -58,20 +58,20 @@ def _infer(args):
     method = PIMMethod()
     config, model = load_model(method, args)
     names = class_names_for(config, args.data_path)
+    head = args.head or method.main_head_of(model)
     if args.head:
-        heads = model.head_names() + [f"highest-{k}" for k in method.highest]
+        heads = method.head_names(model)
         if args.head not in heads:
             raise ConfigError(f"-head {args.head} is not one of {', '.join(heads)}")
-        method.main_head = args.head
     if os.path.isdir(args.image):
         samples = folder_samples(args.image, names)
     else:
         samples = collect_samples(args.image, args.data_path)
-    results = predict_samples(method, model, config, samples, args.batch_size, topk=1)
+    results = predict_samples(method, model, config, samples, args.batch_size, topk=1, head=head)
     os.makedirs(args.output, exist_ok=True)
     csv_path = os.path.join(args.output, "predictions.csv")
     atomic_write(csv_path, lambda tmp: write_predictions(tmp, results, names))
-    print(f"wrote {csv_path} ({len(results)} images, head '{method.main_head}')")
+    print(f"wrote {csv_path} ({len(results)} images, head '{head}')")
     labels = np.array([s.label for s, _, _ in results])
     preds = np.array([int(ids[0]) for _, ids, _ in results])
     known = labels >= 0
@@ -79,7 +79,7 @@ def _infer(args):
         acc = 100.0 * float((labels[known] == preds[known]).mean())
         counts = ClassCounts(len(names)).add(labels, preds)
         write_class_report(args.output, counts, names,
-                           f"{method.main_head}: top-1 {acc:.2f}% on {int(known.sum())} images", log=print)
+                           f"{head}: top-1 {acc:.2f}% on {int(known.sum())} images", log=print)
         print(f"top-1 {acc:.2f}% on {int(known.sum())} labelled images")
     return 0
 

@@ -1,4 +1,5 @@
 """What PIM tells the shared engine: config, model, PIM's data transforms, its loss terms and its heads."""
+import dataclasses
 import random
 
 import numpy as np
@@ -72,41 +73,68 @@ def resolve_main_head(wanted, heads):
     return wanted
 
 
+@dataclasses.dataclass(frozen=True)
+class PIMSettings:
+    """What `PIMMethod.build_model` decided from MODEL.PIM for one model, recorded on it (``model.pim_settings``):
+    the loss and the heads read it from the model they are given, so every model keeps its own settings whatever
+    else the method object has built."""
+    layer_names: tuple
+    lambdas: dict        # pim_loss keyword arguments: lambda_b, lambda_s, lambda_n, lambda_c
+    highest: tuple       # k of every 'highest-k' head
+    main_head: str
+
+
+def pim_settings(model):
+    settings = getattr(model, "pim_settings", None)
+    if settings is None:
+        raise TypeError(f"{type(model).__name__} carries no PIM settings: build it with PIMMethod.build_model")
+    return settings
+
+
+def settings_from_config(config, model):
+    """`PIMSettings` of `model` built from `config`; raises ConfigError for values that do not fit the model."""
+    p = config.MODEL.PIM
+    highest = tuple(int(k) for k in p.HIGHEST_K) if not model.backbone_only else ()
+    if any(k < 1 for k in highest):
+        raise ConfigError(f"MODEL.PIM.HIGHEST_K values must be >= 1, got {list(p.HIGHEST_K)}")
+    heads = model.head_names() + [f"highest-{k}" for k in highest]
+    return PIMSettings(layer_names=tuple(model.layer_names),
+                       lambdas=dict(lambda_b=p.LAMBDA_B, lambda_s=p.LAMBDA_S, lambda_n=p.LAMBDA_N,
+                                    lambda_c=p.LAMBDA_C),
+                       highest=highest, main_head=resolve_main_head(p.MAIN_HEAD, heads))
+
+
 class PIMMethod(ClassificationMethod):
     name = "pim"
-    main_head = "combiner"
-
-    def __init__(self):
-        self.layer_names = ["layer1", "layer2", "layer3", "layer4"]
-        self.lambdas = dict(lambda_b=0.5, lambda_s=0.0, lambda_n=5.0, lambda_c=1.0)
-        self.highest = []
 
     def get_config(self):
         return get_config()
 
     def build_model(self, config):
-        p = config.MODEL.PIM
         try:
             model = build_from_config(config)
         except (ValueError, KeyError) as e:
             raise ConfigError(f"PIM model: {e.args[0] if e.args else e}") from None
-        self.layer_names = list(model.layer_names)
-        self.lambdas = dict(lambda_b=p.LAMBDA_B, lambda_s=p.LAMBDA_S, lambda_n=p.LAMBDA_N, lambda_c=p.LAMBDA_C)
-        self.highest = [int(k) for k in p.HIGHEST_K] if not model.backbone_only else []
-        if any(k < 1 for k in self.highest):
-            raise ConfigError(f"MODEL.PIM.HIGHEST_K values must be >= 1, got {list(p.HIGHEST_K)}")
-        heads = model.head_names() + [f"highest-{k}" for k in self.highest]
-        self.main_head = resolve_main_head(p.MAIN_HEAD, heads)
+        model.pim_settings = settings_from_config(config, model)
         return model
 
     def train_transform(self, config):
         return pim_train_transform(config)
 
-    def loss(self, criterion, outputs, targets, model):
-        return pim_loss(outputs, targets, self.layer_names, criterion=criterion, **self.lambdas)
+    def main_head_of(self, model):
+        return pim_settings(model).main_head
 
-    def eval_heads(self, outputs):
-        return head_logits(outputs, self.layer_names, self.highest)
+    def head_names(self, model):
+        """Every head `eval_heads` returns for this model (e.g. to check a -head flag before predicting)."""
+        return model.head_names() + [f"highest-{k}" for k in pim_settings(model).highest]
+
+    def loss(self, criterion, outputs, targets, model):
+        s = pim_settings(model)
+        return pim_loss(outputs, targets, list(s.layer_names), criterion=criterion, **s.lambdas)
+
+    def eval_heads(self, model, outputs):
+        s = pim_settings(model)
+        return head_logits(outputs, list(s.layer_names), list(s.highest))
 
     def unreached_parameters(self, config, model):
         """Names of the trainable parameters this configuration's loss never reaches (e.g. the combiner under
@@ -117,7 +145,7 @@ class PIMMethod(ClassificationMethod):
         model.eval()
         try:
             size, channels = config.DATA.IMAGE_SIZE, config.DATA.IMAGE_CHANNELS
-            outputs = self.forward(model, paddle.zeros([1, channels, size, size]), [])
+            outputs = model(paddle.zeros([1, channels, size, size]))
             try:
                 loss, _ = self.loss(None, outputs, paddle.zeros([1], dtype="int64"), model)
             except ValueError as e:       # every loss term switched off

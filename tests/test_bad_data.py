@@ -15,7 +15,7 @@ from PIL import Image
 
 from common.data.datasets import (DataError, ImageDataset, check_files_exist, load_rgb, read_class_names,
                                   read_list_file, scan_class_folders)
-from common.engine.trainer import build_datasets
+from common.data.build import build_datasets
 from resmlp.method import ResMLPMethod
 from tests.helpers import REPO, TINY_RESMLP, read_json, resmlp_main, run_cli
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from common.data.datasets import DataError
-from common.engine.trainer import build_datasets
+from common.data.build import build_datasets
 from dynamic_mlp.inat import read_inat_json
 from dynamic_mlp.metadata import encode, parse_date
 from dynamic_mlp.method import DynamicMLPMethod

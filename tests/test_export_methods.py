@@ -83,7 +83,7 @@ def test_export_matches_dygraph_in_paddle_inference_and_onnx(case, small_demo, t
     meta = read_json(os.path.join(out, "inference.json"))
     method = method_of(folder)
     config, model = load_model(method, argparse.Namespace(cfg=cfg, pretrained=ckpt, opts=opts, data_path=None))
-    assert meta["head"] == method.main_head and len(meta["class_names"]) == 8
+    assert meta["head"] == method.main_head_of(model) and len(meta["class_names"]) == 8
     assert meta["resize_mode"] == ("square" if config.DATA.SQUARE_RESIZE else "short_side")
     assert [i["name"] for i in meta["inputs"]] == ["image"] + [n for n, _, _ in method.export_inputs(config)]
 
@@ -94,8 +94,8 @@ def test_export_matches_dygraph_in_paddle_inference_and_onnx(case, small_demo, t
     extras = [np.stack([meta_fn(s) for s in samples]).astype("float32")] if meta_fn else []
     assert len(extras) == len(meta["inputs"]) - 1
     with paddle.no_grad():
-        outputs = method.forward(model, paddle.to_tensor(batch), [paddle.to_tensor(e) for e in extras])
-        ref = method.eval_heads(outputs)[method.main_head].numpy()
+        outputs = model(paddle.to_tensor(batch), *[paddle.to_tensor(e) for e in extras])
+        ref = method.eval_heads(model, outputs)[method.main_head_of(model)].numpy()
     for backend in ("paddle", "onnx"):
         clf = ExportedClassifier(out, backend=backend)
         np.testing.assert_allclose(clf.preprocess(images), batch, rtol=0, atol=1e-6)   # same resize mode and crop

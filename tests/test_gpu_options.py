@@ -229,7 +229,7 @@ def lambdas(b, s, n, c):
 def pim_without_grad(method, cfg, model):
     """Trainable parameters left without a gradient by one training step's backward pass (random images)."""
     model.train()
-    outputs = method.forward(model, paddle.randn([2, 3, 96, 96]), [])
+    outputs = model(paddle.randn([2, 3, 96, 96]))
     loss, _ = method.loss(None, outputs, paddle.to_tensor([1, 3]), model)
     loss.backward()
     names = {n for n, p in model.named_parameters() if not p.stop_gradient and p.grad is None}

@@ -54,7 +54,8 @@ def _cast_like_o2(model, dtype):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_an_o2_model_saves_float32_weights_that_load_everywhere(dtype, small_demo, tmp_path):
     from common.cli import build_parser, config_from_args
-    from common.engine.trainer import Trainer, build_datasets
+    from common.data.build import build_datasets
+    from common.engine.trainer import Trainer
     from common.logger import setup_logger
     from resmlp.method import ResMLPMethod
 

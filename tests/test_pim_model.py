@@ -129,10 +129,11 @@ def test_combiner_without_selector_and_too_few_tokens_are_config_errors():
         method.build_model(cfg("MODEL.PIM.USE_COMBINER", "False", "MODEL.PIM.MAIN_HEAD", "combiner",
                                "MODEL.PIM.NUM_SELECTS", "[40,16,4,4]"))
     model = method.build_model(cfg("MODEL.PIM.NUM_SELECTS", "[40,16,4,4]", "MODEL.PIM.HIGHEST_K", "[2]"))
-    assert method.main_head == "combiner" and model.head_names()[-2:] == ["combiner", "sum"]
-    method.build_model(cfg("MODEL.PIM.USE_FPN", "False", "MODEL.PIM.USE_SELECTION", "False",
-                           "MODEL.PIM.USE_COMBINER", "False"))
-    assert method.main_head == "original"
+    assert method.main_head_of(model) == "combiner" and model.head_names()[-2:] == ["combiner", "sum"]
+    bare = method.build_model(cfg("MODEL.PIM.USE_FPN", "False", "MODEL.PIM.USE_SELECTION", "False",
+                                  "MODEL.PIM.USE_COMBINER", "False"))
+    assert method.main_head_of(bare) == "original"
+    assert method.main_head_of(model) == "combiner"    # each model keeps its own settings
     with pytest.raises(ConfigError, match="unknown PIM backbone 'swin_huge'"):
         method.build_model(cfg("MODEL.NAME", "swin_huge"))
 
@@ -268,21 +269,23 @@ def test_evaluate_reports_configured_top_k_for_every_head():
     labels = rng.randint(0, 6, 10)
 
     class TwoHeads(ClassificationMethod):
-        main_head = "a"
+        def main_head_of(self, model):
+            return "a"
 
-        def forward(self, model, images, extras):
+        def eval_heads(self, model, outputs):
+            return outputs
+
+    class Lookup(paddle.nn.Layer):
+        def forward(self, images):
             idx = images.numpy().astype(int).reshape(-1)
             return {k: paddle.to_tensor(v[idx]) for k, v in logits.items()}
-
-        def eval_heads(self, outputs):
-            return outputs
 
     loader = [(paddle.to_tensor(np.arange(i, i + 5, dtype=np.float32)), paddle.to_tensor(labels[i:i + 5]))
               for i in (0, 5)]
     cfg = get_default_config()
     cfg.MODEL.NUM_CLASSES = 6
     cfg.EVAL.TOPK = [3, 5, 9]
-    m = evaluate(paddle.nn.Identity(), TwoHeads(), loader, cfg)
+    m = evaluate(Lookup(), TwoHeads(), loader, cfg)
     for head, prefix in (("a", ""), ("b", "b/")):
         ranks = np.argsort(-logits[head], axis=1)
         for k in (1, 3, 5, 6):  # 9 is capped at the 6 classes

@@ -139,7 +139,7 @@ def test_parity_with_official_code_through_port_cli(name, tmp_path):
     # every loss term, with the selected-token term switched on too
     lambdas = dict(lambda_b=0.5, lambda_s=1.0, lambda_n=5.0, lambda_c=1.0)
     outs = {k: paddle.to_tensor(v) for k, v in out.items()}
-    total, terms = pim_loss(outs, paddle.to_tensor(z["labels"]), method.layer_names, **lambdas)
+    total, terms = pim_loss(outs, paddle.to_tensor(z["labels"]), list(model.layer_names), **lambdas)
     expected = reference_loss_terms(z, lambdas)
     for k, v in expected.items():
         assert float(terms[k]) == pytest.approx(v, rel=TOL), k

@@ -9,10 +9,9 @@ from transfer.model import LR_GROUPS, check_num_lowlrs, create_model, lr_groups,
 
 
 class TransferMethod(ClassificationMethod):
+    """The L2-SP penalty, whose starting weights `prepare_training` snapshots, is recorded on the model it was
+    taken from (``model.l2sp``, None when off): the loss reads it from the model it is given."""
     name = "transfer"
-
-    def __init__(self):
-        self.l2sp = None
 
     def get_config(self):
         return get_config()
@@ -20,8 +19,10 @@ class TransferMethod(ClassificationMethod):
     def build_model(self, config):
         check_transfer_config(config)
         m = config.MODEL
-        return create_model(m.NAME, num_classes=m.NUM_CLASSES, in_channels=config.DATA.IMAGE_CHANNELS,
-                            drop_rate=m.DROPOUT)
+        model = create_model(m.NAME, num_classes=m.NUM_CLASSES, in_channels=config.DATA.IMAGE_CHANNELS,
+                             drop_rate=m.DROPOUT)
+        model.l2sp = None     # set by prepare_training
+        return model
 
     def train_transform(self, config):
         return transforms.train_transform(config)
@@ -44,13 +45,13 @@ class TransferMethod(ClassificationMethod):
             counts = {g: sum(1 for v in groups.values() if v == g) for g in LR_GROUPS}
             log("learning rates: " + ", ".join(f"{g} {lr:g} ({counts[g]} tensors)" for g, lr in zip(LR_GROUPS, t.LRS))
                 + f"; the {t.NUM_LOWLRS} bottom body blocks are the low group")
-        self.l2sp = None
+        model.l2sp = None
         if t.L2SP.ENABLE:
             if not config.MODEL.PRETRAINED:
                 log("warning: L2-SP without -pretrained pulls the weights towards their random initial values")
             s = t.L2SP
-            self.l2sp = L2SP(model, t.NEW_LAYERS, t.NUM_LOWLRS, s.ALPHA, s.ALPHA_HIGH, s.BETA, s.MODE)
-            log(f"{self.l2sp.summary()} (mode {s.MODE})")
+            model.l2sp = L2SP(model, t.NEW_LAYERS, t.NUM_LOWLRS, s.ALPHA, s.ALPHA_HIGH, s.BETA, s.MODE)
+            log(f"{model.l2sp.summary()} (mode {s.MODE})")
 
     def lr_mult_fn(self, config, model):
         t = config.TRANSFER
@@ -62,7 +63,8 @@ class TransferMethod(ClassificationMethod):
 
     def loss(self, criterion, outputs, targets, model):
         base = criterion(outputs, targets)
-        if self.l2sp is None:
+        penalty = getattr(model, "l2sp", None)
+        if penalty is None:
             return base, {}
-        reg = self.l2sp(model)
+        reg = penalty(model)
         return base + reg, {"l2sp": reg}

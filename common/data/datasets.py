@@ -15,7 +15,6 @@ Class folders: `<split>/<class>/**/<image>`; names starting with '.' (`.ipynb_ch
 The class list is `classes.txt` when there is one, else the sorted class folders of the training split, and every
 split must have exactly those class folders, each with at least one image: labels then agree by class name.
 """
-import logging
 import os
 import random
 import warnings
@@ -24,9 +23,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from common.errors import SuiteError
+from common.logger import get_logger
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class DataError(SuiteError, ValueError):

@@ -21,20 +21,12 @@ Targets: off = smoothing / num_classes, on = 1 - smoothing + off, then y_i * lam
 """
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 
-from common.engine.losses import smoothed_targets
+from common.data.targets import one_hot, smoothed_targets
 
 __all__ = ["Mixup", "mixup_target", "cutmix_bbox", "one_hot"]
 
 _MODES = ("batch", "pair", "elem")
-
-
-def one_hot(target, num_classes, on_value=1.0, off_value=0.0):
-    """int64 [N] (or [N, 1]) -> float32 [N, num_classes] with `on_value` at the label and `off_value` elsewhere."""
-    target = paddle.reshape(paddle.cast(target, "int64"), [-1])
-    hot = F.one_hot(target, num_classes).astype("float32")
-    return hot * (on_value - off_value) + off_value
 
 
 def mixup_target(target, num_classes, lam=1.0, smoothing=0.0, smoothing_mode="uniform"):
@@ -42,7 +34,7 @@ def mixup_target(target, num_classes, lam=1.0, smoothing=0.0, smoothing_mode="un
 
     lam: a float, or one value per sample ([N] array / tensor) for the per-pair / per-element modes.
     smoothing_mode: 'uniform' (s/K off-target, timm) or 'others' (s/(K-1) off-target), see
-    `common.engine.losses.smoothed_targets`.
+    `common.data.targets.smoothed_targets`.
     """
     y = smoothed_targets(target, num_classes, smoothing, smoothing_mode)
     lam = _lam_column(lam, y.shape[0], y.dtype)

@@ -8,11 +8,7 @@ import contextlib
 
 import paddle
 
-LOW_PRECISION = (paddle.float16, paddle.bfloat16)
-
-
-def as_float32(value):
-    return value.astype("float32") if value.dtype in LOW_PRECISION else value
+from common.checkpoint import as_float32
 
 
 def set_state_cast(model, state):

@@ -2,23 +2,12 @@
 import paddle
 import paddle.nn.functional as F
 
+from common.data.targets import smoothed_targets
+
 
 def soft_target_cross_entropy(logits, soft_targets):
     logp = F.log_softmax(logits.astype("float32"), axis=-1)
     return -(soft_targets.astype("float32") * logp).sum(axis=-1).mean()
-
-
-def smoothed_targets(labels, num_classes, smoothing, mode="uniform"):
-    """One-hot with label smoothing. uniform: eps/C off-target, 1-eps+eps/C on target (timm, Paddle).
-    others: eps/(C-1) off-target, 1-eps on target (some references, e.g. Dynamic MLP)."""
-    onehot = F.one_hot(labels.astype("int64").reshape([-1]), num_classes).astype("float32")
-    if mode == "uniform":
-        off, on = smoothing / num_classes, 1.0 - smoothing + smoothing / num_classes
-    elif mode == "others":
-        off, on = smoothing / max(1, num_classes - 1), 1.0 - smoothing
-    else:
-        raise ValueError(f"unknown smoothing mode '{mode}'")
-    return onehot * (on - off) + off
 
 
 class ClassificationLoss:

@@ -9,12 +9,11 @@ import numpy as np
 import paddle
 
 from common import dist
-from common.checkpoint import (PADDLE_NAME_TABLE, atomic_save, checkpoint_meta, read_checkpoint, rng_state,
-                               set_rng_state, to_tensors)
-from common.data.datasets import (DataError, ImageDataset, check_files_exist, read_class_names, read_list_file,
-                                  scan_class_folders)
-from common.data.samplers import EvalBatchSampler, TrainBatchSampler
-from common.engine.ema import ModelEma, as_float32
+from common.checkpoint import (checkpoint_meta, restore_training_checkpoint, save_training_checkpoint,
+                               training_state)
+from common.data.build import build_eval_loader, build_loader, split_batch
+from common.data.samplers import TrainBatchSampler
+from common.engine.ema import ModelEma
 from common.errors import NonFiniteError
 from common.outdir import atomic_write_text
 from common.engine.losses import ClassificationLoss
@@ -27,82 +26,7 @@ class NonFiniteLossError(NonFiniteError, RuntimeError):
     pass
 
 
-# ----------------------------------------------------------------------------------------------------------- data
-def build_datasets(config, method, train=True, val=True):
-    """(train set or None, val set or None) from list files or class folders under DATA.DATA_PATH."""
-    d = config.DATA
-    root = d.DATA_PATH
-    if not root or not os.path.isdir(root):
-        raise DataError(f"DATA.DATA_PATH '{root}' is not a folder (set it with -data_path)")
-    num_classes = config.MODEL.NUM_CLASSES
-    classes = read_class_names(os.path.join(root, d.CLASS_NAMES), num_classes) if d.CLASS_NAMES else None
-    meta_fn = method.meta_fn(config)
-
-    def folder_classes():
-        """Class folders: every split takes its labels from classes.txt, else from the training split's folders."""
-        from common.data.datasets import class_folder_names
-        if classes is not None:
-            return classes, os.path.join(root, d.CLASS_NAMES)
-        train_dir = os.path.join(root, d.TRAIN_DIR)
-        if os.path.isdir(train_dir) or train:
-            return class_folder_names(train_dir), f"the training split {train_dir}"
-        # evaluation only, with neither classes.txt nor a training split to name the classes: val's own folders
-        import logging
-        logging.getLogger(__name__).warning(
-            "no %s and no training folder %s: labels are the sorted class folders of %s, which match the model only "
-            "if it was trained on folders with the same names", os.path.join(root, d.CLASS_NAMES or "classes.txt"),
-            train_dir, os.path.join(root, d.VAL_DIR))
-        return None, None
-
-    def make(split_list, split_dir, is_train):
-        samples = method.read_samples(config, "train" if is_train else "val")
-        what = split_list if d.DATASET == "list" else split_dir
-        if samples is not None:
-            what = f"the {'train' if is_train else 'val'} split (DATA.DATASET '{d.DATASET}')"
-        elif d.DATASET == "list":
-            samples = read_list_file(os.path.join(root, split_list), root, num_classes)
-        elif d.DATASET == "folder":
-            names, source = folder_classes()
-            folder = os.path.join(root, split_dir)
-            samples, found = scan_class_folders(folder, names, source)
-            if len(found) != num_classes:
-                raise DataError(f"{folder if names is None else source}: {len(found)} classes but "
-                                f"MODEL.NUM_CLASSES is {num_classes}")
-        else:
-            raise DataError(f"DATA.DATASET '{d.DATASET}' is not 'list' or 'folder'")
-        if d.CHECK_FILES:
-            check_files_exist(samples, what)
-        transform = method.train_transform(config) if is_train else method.eval_transform(config)
-        return ImageDataset(samples, transform, train=is_train, seed=config.SEED, meta_fn=meta_fn,
-                            skip_bad_images=d.SKIP_BAD_IMAGES, classes=classes)
-
-    train_set = make(d.TRAIN_LIST, d.TRAIN_DIR, True) if train else None
-    val_set = make(d.VAL_LIST, d.VAL_DIR, False) if val else None
-    return train_set, val_set
-
-
-def build_loader(dataset, batch_sampler, num_workers, shared_memory=True):
-    """The suite's loader (common/data/loader.py): a bad sample ends the run with its DataError at once, with 0 or
-    N workers, and no data worker outlives the process."""
-    from common.data.loader import build_loader as suite_loader
-    return suite_loader(dataset, batch_sampler, num_workers, shared_memory)
-
-
-def eval_batch_size(config):
-    return config.DATA.BATCH_SIZE_EVAL if config.DATA.BATCH_SIZE_EVAL > 0 else config.DATA.BATCH_SIZE
-
-
-def build_eval_loader(config, val_set):
-    sampler = EvalBatchSampler(len(val_set), eval_batch_size(config), dist.rank(), dist.world_size())
-    return build_loader(val_set, sampler, config.DATA.NUM_WORKERS, config.DATA.SHARED_MEMORY)
-
-
 # ----------------------------------------------------------------------------------------------------------- eval
-def split_batch(batch):
-    images, labels = batch[0], batch[1]
-    return images, labels.astype("int64").reshape([-1]), list(batch[2:])
-
-
 def amp_context(config, device):
     if not config.AMP.ENABLE:
         return contextlib.nullcontext()
@@ -134,6 +58,7 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
     counts, names = None, None
     total, skipped = 0, 0
     classes = None
+    main = method.main_head_of(model)
     if per_class:
         from common.report import ClassCounts
         classes = ClassCounts(num_classes)
@@ -145,8 +70,8 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
             heads = heads_fn(images, extras)
         else:
             with amp_context(config, device):
-                outputs = method.forward(model, images, extras)
-            heads = method.eval_heads(outputs)
+                outputs = model(images, *extras)
+            heads = method.eval_heads(model, outputs)
         if names is None:
             names = list(heads)
             counts = np.zeros((len(names), width), dtype="float64")
@@ -172,13 +97,13 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
             counts[i, 1] += float(eval_loss_sum(logits, labels))
             for j, k in enumerate(ks):
                 counts[i, 3 + j] += float(hit[:, :k].sum())
-            if classes is not None and name == (method.main_head if method.main_head in names else names[0]):
+            if classes is not None and name == (main if main in names else names[0]):
                 classes.add(labels.numpy(), top[:, 0].numpy())
         total += n_keep
     # A rank with no samples (val set smaller than the world) does not know the model's head names; take them from
     # a rank that does, so every rank sums a vector of the same layout.
     known = [n for n in dist.all_gather_object(names) if n is not None]
-    names = known[0] if known else [method.main_head]
+    names = known[0] if known else [main]
     if counts is None:
         counts = np.zeros((len(names), width), dtype="float64")
     class_vec = classes.vector() if classes is not None else np.zeros(0)
@@ -194,7 +119,7 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
     if n_skipped:
         metrics["skipped"] = n_skipped
     for name, row in zip(names, per_head):
-        prefix = "" if name == method.main_head else f"{name}/"
+        prefix = "" if name == main else f"{name}/"
         metrics[f"{prefix}top1"] = 100.0 * row[0] / max(n, 1)
         for j, k in enumerate(ks):
             metrics[f"{prefix}top{k}"] = 100.0 * row[3 + j] / max(n, 1)
@@ -208,32 +133,6 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
 
 
 # ----------------------------------------------------------------------------------------------------------- train
-def _param_name_map(model):
-    """Paddle's unique parameter names (which depend on creation order) -> structured names (which don't)."""
-    return {p.name: n for n, p in model.named_parameters()}
-
-
-def _rename_opt_state(state, mapping):
-    """Rename optimizer state keys that start with a parameter name, using `mapping` (longest match first)."""
-    names = sorted(mapping, key=len, reverse=True)
-
-    def rename(key):
-        for n in names:
-            if key == n or key.startswith(n + "_"):
-                return mapping[n] + key[len(n):]
-        return key
-
-    out = {}
-    for key, value in state.items():
-        if key == "master_weights" and isinstance(value, dict):
-            out[key] = {rename(k): v for k, v in value.items()}
-        elif key == PADDLE_NAME_TABLE:
-            continue
-        else:
-            out[rename(key)] = value
-    return out
-
-
 def output_tensors(outputs, prefix="logits"):
     """[(name, tensor)] for every floating tensor in a model's outputs (a tensor, or nested dicts / lists)."""
     if isinstance(outputs, paddle.Tensor):
@@ -328,28 +227,14 @@ class Trainer:
                      mode=a.MIXUP_MODE, label_smoothing=self.config.TRAIN.SMOOTHING,
                      num_classes=self.config.MODEL.NUM_CLASSES, smoothing_mode=self.config.TRAIN.SMOOTHING_MODE)
 
-    # ----- checkpoints
+    # ----- checkpoints (common/checkpoint.py writes, prunes and restores them)
     def checkpoint_state(self, epoch):
-        return {
-            # weights a user receives are float32, whatever the training precision (AMP O2 keeps float16 / bfloat16
-            # parameters; the optimizer's float32 master weights are in its own state)
-            "model": {k: as_float32(v) for k, v in self.model.state_dict().items()},
-            "ema": self.ema.state_dict() if self.ema else None,
-            "optimizer": _rename_opt_state(self.optimizer.state_dict(), _param_name_map(self.model)),
-            "lr_scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "epoch": epoch,
-            "global_step": self.global_step,
-            "best": dict(self.best),
-            "history": list(self.history),
-            "saved_epochs": list(self.saved_epochs),
-            "rng": rng_state(),
-            "world_size": self.world,
-            "config": self.config.dump(),
-            # what the checkpoint is, without building anything: -cfg-less evaluation / prediction, the launcher
-            "meta": checkpoint_meta(getattr(self.method, "name", None) or self.config.MODEL.get("METHOD", ""),
-                                    self.config, self.class_names),
-        }
+        run = {"global_step": self.global_step, "best": self.best, "history": self.history,
+               "saved_epochs": self.saved_epochs, "world_size": self.world}
+        meta = checkpoint_meta(getattr(self.method, "name", None) or self.config.MODEL.get("METHOD", ""),
+                               self.config, self.class_names)
+        return training_state(epoch, self.model, self.optimizer, self.scheduler, self.scaler, self.ema, run,
+                              self.config, meta)
 
     def save(self, epoch, is_best):
         if self.rank != 0:
@@ -358,25 +243,8 @@ class Trainer:
         numbered = cfg.FREQ > 0 and (epoch % cfg.FREQ == 0 or epoch == self.config.TRAIN.EPOCHS)
         if numbered:
             self.saved_epochs.append(epoch)
-        state = self.checkpoint_state(epoch)
-        atomic_save(state, os.path.join(self.out_dir, "last.pdparams"))
-        if numbered:
-            atomic_save(state, os.path.join(self.out_dir, f"epoch_{epoch}.pdparams"))
-            self._prune_epoch_checkpoints()
-        if is_best:
-            atomic_save(state, os.path.join(self.out_dir, "best.pdparams"))
-
-    def _prune_epoch_checkpoints(self):
-        """Keep the newest SAVE.KEEP numbered checkpoints of this run (its own list, carried through resumes):
-        files of any other run in the folder are never touched."""
-        keep = self.config.SAVE.KEEP
-        if keep <= 0:
-            return
-        for epoch in self.saved_epochs[:-keep]:
-            path = os.path.join(self.out_dir, f"epoch_{epoch}.pdparams")
-            if os.path.exists(path):
-                os.remove(path)
-        self.saved_epochs = self.saved_epochs[-keep:]
+        self.saved_epochs = save_training_checkpoint(self.out_dir, self.checkpoint_state(epoch), numbered, is_best,
+                                                     cfg.KEEP)
 
     def last_metrics(self):
         """The newest validation metrics in the history (a finished run that is resumed has nothing to train)."""
@@ -387,37 +255,17 @@ class Trainer:
         return {}
 
     def resume(self, path):
-        """Restore a training checkpoint; everything is checked against this run first (model, optimizer kind and
-        state, LR schedule, random states), so a checkpoint that does not fit changes nothing."""
-        from common.checkpoint import check_training_checkpoint
-        state = read_checkpoint(path)
-        checked = check_training_checkpoint(path, state, self.model, self.optimizer, self.scheduler, self.config,
-                                            ema=self.ema is not None)
-        for note in checked["notes"]:
-            self.log(note)
-        self.model.set_state_dict(checked["model"])
-        if self.ema is not None:
-            if checked["ema"] is not None:
-                self.ema.set_state_dict(checked["ema"])
-            else:
-                self.log("checkpoint has no EMA weights; EMA restarts from the current model")
-                self.ema = ModelEma(self.model, self.config.EMA.DECAY)
-        name_to_unique = {n: p.name for n, p in self.model.named_parameters()}
-        opt_state = to_tensors(_rename_opt_state(state["optimizer"], name_to_unique))
-        self.optimizer.set_state_dict(opt_state)
-        self.scheduler.set_state_dict(state["lr_scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(to_tensors(state["scaler"]))
-        self.start_epoch = int(state["epoch"]) + 1
-        self.global_step = int(state.get("global_step") or 0)
-        self.best = dict(state.get("best") or self.best)
-        self.history = list(state.get("history") or [])
-        self.saved_epochs = [int(e) for e in state.get("saved_epochs") or []]
-        set_rng_state(state.get("rng"))
-        if int(state.get("world_size") or self.world) != self.world:
-            self.log(f"note: checkpoint was written with {state['world_size']} process(es), resuming with "
-                     f"{self.world}; the data order differs from an uninterrupted run")
-        self.log(f"resumed from {path}: epoch {state['epoch']} done, continuing at epoch {self.start_epoch}")
+        """Restore a training checkpoint (`common.checkpoint.restore_training_checkpoint`: checked before anything
+        changes) and continue after its epoch."""
+        run = restore_training_checkpoint(path, self.model, self.optimizer, self.scheduler, self.scaler, self.ema,
+                                          self.config, self.world, self.log)
+        if self.ema is not None and not run["ema_restored"]:
+            self.ema = ModelEma(self.model, self.config.EMA.DECAY)
+        self.start_epoch = run["epoch"] + 1
+        self.global_step = run["global_step"]
+        self.best = dict(run["best"] or self.best)
+        self.history = run["history"]
+        self.saved_epochs = run["saved_epochs"]
 
     # ----- loops
     def _seed_epoch(self, epoch):
@@ -448,6 +296,49 @@ class Trainer:
                 f"The last good checkpoint is in {self.out_dir}")
         return False
 
+    def _micro_step(self, model, batch, rng, epoch, it, sync_grads):
+        """Forward, loss and backward of one micro-batch, its gradients added to the window's (synchronised over
+        the processes only when `sync_grads`, at the window's end). Returns (loss, {term: value}, images, finite):
+        a non-finite loss or output adds no gradient, except under fp16 loss scaling, where the scaler must see
+        the inf / nan gradients to skip the step and lower the scale."""
+        images, labels, extras = split_batch(batch)
+        targets = labels
+        if self.mixup is not None:
+            images, targets, extras = self.mixup(images, labels, rng, extras)
+        sync = contextlib.nullcontext() if (self.ddp is None or sync_grads) else self.ddp.no_sync()
+        with sync:
+            with amp_context(self.config, self.device):
+                outputs = model(images, *extras)
+            loss, terms = self.method.loss(self.criterion, outputs, targets, self.model)
+            finite = self._check_finite(loss, outputs, epoch, it)
+            if finite or self.scaler is not None:
+                scaled = loss / self.config.TRAIN.ACCUM_ITER
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss, terms, int(images.shape[0]), finite
+
+    def _optimizer_step(self, skip, finite):
+        """The end of an accumulation window: the optimizer step (gradient clipping is the optimizer's, fp16 goes
+        through the loss scaler), zeroed gradients and the EMA update; with `skip` (a non-finite micro-batch
+        without a loss scaler) the window's gradients are only dropped. The LR schedule advances either way.
+        Returns the learning rate of this step."""
+        if skip:
+            self.optimizer.clear_grad(set_to_zero=False)
+        else:
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.clear_grad(set_to_zero=False)
+            if finite:
+                self.nonfinite_streak = 0
+            if self.ema is not None:
+                self.ema.update(self.model)
+        lr = self.optimizer.get_lr()
+        self.scheduler.step()
+        self.global_step += 1
+        return lr
+
     def train_one_epoch(self, epoch):
         cfg = self.config
         rng = self._seed_epoch(epoch)
@@ -455,57 +346,24 @@ class Trainer:
         model.train()
         accum = cfg.TRAIN.ACCUM_ITER
         n = self.batches_per_epoch
-        mix_extras = self.method.mixup_extras(cfg)
         loss_sum, loss_count, seen = 0.0, 0, 0
         term_sums = {}
         t_start = time.time()
         skip_window = False
         lr = self.optimizer.get_lr()
         for it, batch in enumerate(self.train_loader):
-            images, labels, extras = split_batch(batch)
-            targets = labels
-            if self.mixup is not None:
-                images, targets, mixed = self.mixup(images, labels, rng, extras if (extras and mix_extras) else None)
-                if extras and mix_extras:
-                    extras = list(mixed)
             window_end = (it + 1) % accum == 0 or it + 1 == n
-            sync = contextlib.nullcontext() if (self.ddp is None or window_end) else self.ddp.no_sync()
-            with sync:
-                with amp_context(cfg, self.device):
-                    outputs = self.method.forward(model, images, extras)
-                loss, terms = self.method.loss(self.criterion, outputs, targets, self.model)
-                finite = self._check_finite(loss, outputs, epoch, it)
-                if finite or self.scaler is not None:
-                    # under fp16 loss scaling the scaler sees the inf/nan gradients, skips the step and lowers the
-                    # scale; without it we drop this micro-batch ourselves
-                    scaled = loss / accum
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                else:
-                    skip_window = True
+            loss, terms, size, finite = self._micro_step(model, batch, rng, epoch, it, window_end)
+            skip_window = skip_window or not (finite or self.scaler is not None)
             if finite:
                 loss_sum += float(loss)
                 loss_count += 1
                 for k, v in terms.items():
                     term_sums[k] = term_sums.get(k, 0.0) + float(v)
-            seen += int(images.shape[0])
+            seen += size
             if window_end:
-                if skip_window:
-                    self.optimizer.clear_grad(set_to_zero=False)
-                    skip_window = False
-                else:
-                    if self.scaler is not None:
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                    else:
-                        self.optimizer.step()
-                    self.optimizer.clear_grad(set_to_zero=False)
-                    if finite:
-                        self.nonfinite_streak = 0
-                    if self.ema is not None:
-                        self.ema.update(self.model)
-                lr = self.optimizer.get_lr()   # the rate of this epoch's last optimizer step (history, curves)
-                self.scheduler.step()
-                self.global_step += 1
+                lr = self._optimizer_step(skip_window, finite)  # this epoch's last step's rate: history, curves
+                skip_window = False
             if (it + 1) % cfg.REPORT_FREQ == 0 or it + 1 == n:
                 self._report(epoch, it, n, t_start, seen, loss_sum / max(loss_count, 1),
                              {k: v / max(loss_count, 1) for k, v in term_sums.items()})
@@ -591,7 +449,8 @@ class Trainer:
             return
         from common.report import CURVES_PNG, METRICS_CSV, metrics_csv_text, plot_training_curves, training_summary
         atomic_write_text(os.path.join(self.out_dir, METRICS_CSV), metrics_csv_text(self.history))
-        self.log(training_summary(self.history, self.config.TRAIN.EPOCHS, self.method.main_head, self.out_dir))
+        self.log(training_summary(self.history, self.config.TRAIN.EPOCHS, self.method.main_head_of(self.model),
+                                  self.out_dir))
         plot_training_curves(self.history, os.path.join(self.out_dir, CURVES_PNG),
                              f"{self.method.name} {self.config.MODEL.NAME}: {os.path.basename(self.out_dir)}")
         self.log(f"wrote {os.path.join(self.out_dir, 'metrics.csv')} and {os.path.join(self.out_dir, CURVES_PNG)}")
