@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 
-import numpy as np
 import pytest
 
 from tests.helpers import REPO, env, read_json

@@ -146,10 +146,11 @@ class Run:
                 for n, p in trainable_named_parameters(self.model)}
 
     def forward_backward(self, x, y, loc, lam):
-        """The trainer's iteration body up to backward (common/engine/trainer.py train_one_epoch)."""
+        """The trainer's iteration body up to backward (common/engine/trainer.py Trainer._micro_step): mixup of the
+        images and the metadata with one draw, the model on both, the method's loss."""
         images, targets, extras = self.mixup(paddle.to_tensor(x), paddle.to_tensor(y), Draws(lam),
-                                             [paddle.to_tensor(loc)] if self.method.mixup_extras(self.config) else None)
-        outputs = self.method.forward(self.model, images, extras)
+                                             [paddle.to_tensor(loc)])
+        outputs = self.model(images, *extras)
         loss, _ = self.method.loss(self.criterion, outputs, targets, self.model)
         loss.backward()
         return outputs, loss
@@ -235,7 +236,6 @@ def test_recipe_settings():
     a = c.AUG
     assert (a.MIXUP_ALPHA, a.CUTMIX_ALPHA, a.MIXUP_PROB, a.MIXUP_MODE) == (mf.MIXUP_ALPHA, 0.0, 1.0, "batch")
     assert (c.SEED, c.MODEL.DYNAMIC_MLP.D, c.MODEL.DYNAMIC_MLP.H, c.MODEL.DYNAMIC_MLP.N) == (mf.SEED, 256, 64, 2)
-    assert DynamicMLPMethod().mixup_extras(c)
 
 
 def test_loss_and_terms(fixture, step):

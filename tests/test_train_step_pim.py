@@ -170,8 +170,8 @@ def unpack(z, kind):
 
 # ------------------------------------------------------------------------------------------------- the training step
 def micro_step(method, config, model, criterion, x, y):
-    """One micro-batch as Trainer.train_one_epoch does it: forward, the method's loss, backward of loss / ACCUM_ITER."""
-    outputs = method.forward(model, paddle.to_tensor(x), [])
+    """One micro-batch as Trainer._micro_step does it: forward, the method's loss, backward of loss / ACCUM_ITER."""
+    outputs = model(paddle.to_tensor(x))
     loss, terms = method.loss(criterion, outputs, paddle.to_tensor(y), model)
     (loss / config.TRAIN.ACCUM_ITER).backward()
     return float(loss), {k: float(v) for k, v in terms.items()}
@@ -249,7 +249,7 @@ def stepped(fixture):
                for n in names}
     bn = {k: v.numpy().copy() for k, v in model.state_dict().items() if k.endswith(("_mean", "_variance"))}
     return dict(z=z, config=config, model=model, lr=lr, w0=w0, terms=terms, grads=grads, w1=w1, batch_vars=batch_vars,
-                velocity=velocity, decayed=decayed, bn=bn, lambdas=dict(method.lambdas))
+                velocity=velocity, decayed=decayed, bn=bn, lambdas=dict(model.pim_settings.lambdas))
 
 
 def test_recipe_settings(fixture):
@@ -432,7 +432,7 @@ def test_selected_term_lambda_s(fixture):
     method, config, model = build(z, weights, lambda_s=1.0)
     criterion = ClassificationLoss(config.MODEL.NUM_CLASSES, config.TRAIN.SMOOTHING, config.TRAIN.SMOOTHING_MODE)
     terms = [micro_step(method, config, model, criterion, x, y) for x, y in stream(z, "step")]
-    res = compare_terms(terms, z, "s", dict(method.lambdas))
+    res = compare_terms(terms, z, "s", dict(model.pim_settings.lambdas))
     assert all("loss_s" in t for _, t in terms) and max(res.values()) <= TOL, res
     ref = to_ours(model, unpack(z, "sgrad"), only=lambda n: not n.startswith("backbone."))
     grads = {n: rel(p.grad.numpy(), ref[n]) for n, p in model.named_parameters() if n in ref and n not in ZERO_GRAD}

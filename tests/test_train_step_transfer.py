@@ -237,7 +237,7 @@ def batch_norm_stats(model):
 
 def forward_loss(method, model, criterion, x, y, lam, config):
     targets = mixup_target(paddle.to_tensor(y), config.MODEL.NUM_CLASSES, lam=lam, smoothing=config.TRAIN.SMOOTHING)
-    logits = method.forward(model, paddle.to_tensor(x), None)
+    logits = model(paddle.to_tensor(x))
     loss, terms = method.loss(criterion, logits, targets, model)
     return logits, loss, terms
 
