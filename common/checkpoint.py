@@ -7,6 +7,7 @@ random states and the config. Every file a user hands us is read with the restri
 import os
 import random
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -231,7 +232,9 @@ def load_pretrained(model, path, new_head=False, prefer_ema=False, log=print, mo
     head = model.classifier_keys() if new_head and hasattr(model, "classifier_keys") else []
     notes = []
     usable, skipped = check_state_dict(model, state, head, name=f"pretrained {path}", notes=notes, head_hint=True)
-    model.set_state_dict(usable)
+    with warnings.catch_warnings():   # Paddle warns about each key left out: check_state_dict accounted for them
+        warnings.filterwarnings("ignore", message="Skip loading for")
+        model.set_state_dict(usable)
     for note in notes:
         log(note)
     if skipped:

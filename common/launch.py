@@ -319,13 +319,10 @@ def run_child(cmd, env, log_dir=None):
     def forward(signum, frame):
         if not received:
             received.append(signum)
-            members = descendants(proc.pid)
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except OSError:
-                pass
-            # the ranks and their data workers, even those in sessions of their own
-            stop_tree(members, grace=15.0)
+            # the child itself, the ranks and their data workers (even those in sessions of their own): SIGTERM,
+            # then SIGKILL after the grace time, so a rank inside one long operation (Python handles a signal only
+            # between operations) cannot keep the run alive
+            stop_tree(descendants(os.getpid()), grace=15.0)
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)

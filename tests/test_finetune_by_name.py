@@ -63,6 +63,20 @@ def publish_timm(mirror, name, module):
     table[name] = {"sha256": _sha256(path), "hash_note": "test mirror"}
 
 
+def few_images(data, tmp_path, per_class_train=1, per_class_val=1):
+    """-opts for list files with the first images of each class (the large models run in minutes, not hours)."""
+    opts = []
+    for split, n, key in (("train", per_class_train, "DATA.TRAIN_LIST"), ("val", per_class_val, "DATA.VAL_LIST")):
+        rows = [r for r in open(os.path.join(data, f"{split}_list.txt")) if r.strip()]
+        picked = [r for label in sorted({r.split()[1] for r in rows}) for r in
+                  [x for x in rows if x.split()[1] == label][:n]]
+        path = tmp_path / f"few_{split}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(picked))
+        opts += [key, str(path)]
+    return opts
+
+
 def run_finetune(mirror, tmp_path, cfg, data, opts):
     root, table = mirror
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -116,7 +130,7 @@ def test_transfer_inception_v4_starts_from_timm_by_name(mirror, small_demo, tmp_
     name = "timm/inception_v4.tf_in1k"
     publish_timm(mirror, name, timm.create_model("inception_v4", pretrained=False))
     log, requests, _ = run_finetune(mirror, tmp_path, "configs/transfer/inception_v4_aircraft.yaml", small_demo,
-                                    ["DATA.IMAGE_SIZE", "75", "DATA.BATCH_SIZE", "16"])
+                                    ["DATA.IMAGE_SIZE", "75", "DATA.BATCH_SIZE", "8", *few_images(small_demo, tmp_path)])
     assert requests == ["/timm/inception_v4.tf_in1k/resolve/main/model.safetensors"]
     assert loaded_tensors(log, name, "inception_v4") > 400
 
@@ -128,6 +142,7 @@ def test_pim_swin_large_starts_from_timm_by_name(mirror, small_demo, tmp_path):
     publish_timm(mirror, name, timm.create_model("swin_large_patch4_window12_384", pretrained=False,
                                                  num_classes=21841))
     log, requests, _ = run_finetune(mirror, tmp_path, "configs/pim/cub_swin_large_384.yaml", small_demo,
-                                    ["DATA.BATCH_SIZE", "4", "DATA.BATCH_SIZE_EVAL", "4"])
+                                    ["DATA.BATCH_SIZE", "4", "DATA.BATCH_SIZE_EVAL", "4",
+                                     *few_images(small_demo, tmp_path)])
     assert requests == ["/timm/swin_large_patch4_window12_384.ms_in22k/resolve/main/model.safetensors"]
     assert loaded_tensors(log, name, "pim_backbone_swin_large_patch4_window12_384") > 300

@@ -3,6 +3,7 @@ error line reaches the console."""
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from common import launch
@@ -98,3 +99,27 @@ def test_the_console_of_a_multi_process_run_is_quiet(small_demo, tmp_path):
     assert "final (epoch 1)" in proc.stdout
     with open(os.path.join(out, "launch_logs", "launcher.log")) as f:
         assert "LAUNCH INFO" in f.read()
+
+
+def test_sigterm_stops_a_rank_that_cannot_handle_it_in_time(tmp_path):
+    """A rank inside one long operation handles SIGTERM only when the operation returns (Python runs signal
+    handlers between operations); the launcher kills it after its grace time instead of waiting for it."""
+    stuck = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+             "time.sleep(600)")
+    code = (f"import sys; from common.launch import run_child; "
+            f"sys.exit(run_child([sys.executable, '-c', {stuck!r}], dict(__import__('os').environ)))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        members = descendants(proc.pid)
+        assert len(members) == 1
+        start = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        took = time.time() - start
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and 10 < took < 40, (proc.returncode, took)
+    assert not any(alive(p, s) for p, s in members)
