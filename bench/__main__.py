@@ -1,7 +1,8 @@
 """Side-by-side speed and memory of the suite and the PyTorch references, printed as a table.
 
     python -m bench            # every architecture, 3 interleaved rounds
-    python -m bench --quick    # ResMLP-12 and ResNet-50, 1 round (a few minutes on 2 CPU cores)
+    python -m bench --quick    # ResMLP-12 and ResNet-50, 1 round (a few minutes on 2 CPU cores); ends with the
+                               # targets table: train, dygraph eval, predictor and peak-memory ratios per arch
     python -m bench --knobs    # each Paddle knob (threads, oneDNN, to_static, AMP bf16, allocators, predictor
                                # oneDNN) vs default
     python -m bench --archs pim_swin_t --modes eval predictor   # a subset
@@ -109,6 +110,9 @@ def knob_study(args):
               ("train", ("mkl_vendor_default",), None, "MKL's default dispatch (no AVX2 request on AMD)"),
               ("train", ("system_allocator",), None, "system allocator"),
               ("train", ("malloc_mmap_4mb",), None, "glibc mmap threshold 4 MB"),
+              ("train", ("malloc_trim_0",), None, "glibc trim threshold 0"),
+              ("train", ("naive_best_fit",), None, "naive_best_fit allocator"),
+              ("train", ("no_stride_kernel",), None, "no stride kernels"),
               ("predictor", (), None, "predictor (oneDNN)"),
               ("predictor", ("no_onednn",), None, "predictor without oneDNN")]
     rows = []
@@ -124,6 +128,21 @@ def knob_study(args):
             print(rows[-1], file=sys.stderr, flush=True)
     print("\n| arch | mode | knob | img/s | vs default | peak MB |\n|---|---|---|---|---|---|")
     print("\n".join(rows))
+
+
+def targets_table(archs, ips, mem):
+    """The performance targets per architecture as Paddle / PyTorch ratios (speed: >= 1 is on par; memory: <= 1)."""
+    def ratio(a, b, fmt="{:.2f}x"):
+        return fmt.format(a / b) if a and b else "n/a"
+    lines = ["\ntargets, Paddle / PyTorch (speed >= 1.00x and memory <= 1.00x meet them):",
+             "| arch | train speed | dygraph eval speed | predictor vs PyTorch eval | peak train memory |",
+             "|---|---|---|---|---|"]
+    for arch in archs:
+        cells = [ratio(ips(arch, m, "paddle")[0], ips(arch, m, "torch")[0]) for m in ("train", "eval")]
+        cells.append(ratio(ips(arch, "predictor", "paddle")[0], ips(arch, "eval", "torch")[0]))
+        cells.append(ratio(mem(arch, "train", "paddle"), mem(arch, "train", "torch")))
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -199,6 +218,7 @@ def main(argv=None):
             missing[arch] = why(arch, "torch")
     for arch, reason in missing.items():
         print(f"  {arch}: no PyTorch figure: {reason}")
+    print(targets_table(archs, ips, mem))
     if engine_archs:
         print("\n| arch | engine img/s (Trainer) | bare loop img/s | engine overhead |\n|---|---|---|---|")
         for arch in engine_archs:

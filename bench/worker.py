@@ -28,9 +28,14 @@ KNOBS = {
     "mkl_vendor_default": "MKL's default dispatch on AMD (the suite sets MKL_DEBUG_CPU_TYPE=5 there: AVX2 kernels)",
     "malloc_mmap_4mb": "glibc's mmap threshold fixed at 4 MB (MALLOC_MMAP_THRESHOLD_=4194304): freed activations "
                        "go back to the system instead of staying in the heap",
+    "naive_best_fit": "Paddle's older best-fit allocator (FLAGS_allocator_strategy=naive_best_fit)",
+    "malloc_trim_0": "glibc trims the heap top at every free (MALLOC_TRIM_THRESHOLD_=0)",
+    "no_stride_kernel": "Paddle's dense transpose/slice kernels instead of strided views (FLAGS_use_stride_kernel=0)",
 }
 # knobs that are environment variables of the measured process (read by the C library at start-up)
-KNOB_ENV = {"malloc_mmap_4mb": {"MALLOC_MMAP_THRESHOLD_": "4194304"}}
+KNOB_ENV = {"malloc_mmap_4mb": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
+            "naive_best_fit": {"FLAGS_allocator_strategy": "naive_best_fit"},
+            "malloc_trim_0": {"MALLOC_TRIM_THRESHOLD_": "0"}}
 
 
 def _outputs(out):
@@ -58,6 +63,8 @@ def _apply_paddle_knobs(knobs):
         paddle.set_flags({"FLAGS_use_mkldnn": True})
     if "system_allocator" in knobs:
         paddle.set_flags({"FLAGS_use_system_allocator": True})
+    if "no_stride_kernel" in knobs:
+        paddle.set_flags({"FLAGS_use_stride_kernel": False})
 
 
 def _deployed(model, head=None):

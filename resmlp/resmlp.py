@@ -19,7 +19,7 @@ class Affine(nn.Layer):
         self.beta = self.create_parameter([1, 1, dim], default_initializer=nn.initializer.Constant(0.0))
 
     def forward(self, x):
-        return x * self.alpha + self.beta
+        return layers.scale_shift(x, self.alpha, self.beta)
 
 
 class PatchEmbedding(nn.Layer):
@@ -51,9 +51,9 @@ class ResBlock(nn.Layer):
         self.ls2 = self.create_parameter([dim], default_initializer=nn.initializer.Constant(init_values))
 
     def forward(self, x):
-        tokens = self.linear_tokens(self.norm1(x).transpose([0, 2, 1])).transpose([0, 2, 1])
-        x = x + self.drop_path(self.ls1 * tokens)
-        x = x + self.drop_path(self.ls2 * self.mlp_channels(self.norm2(x)))
+        tokens = layers.token_mix(self.norm1(x), self.linear_tokens)
+        x = x + self.drop_path(layers.scale_shift(tokens, self.ls1))
+        x = x + self.drop_path(layers.scale_shift(self.mlp_channels(self.norm2(x)), self.ls2))
         return x
 
 

@@ -18,7 +18,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from common import init
-from common.layers import DropPath, Mlp, dropout
+from common.layers import DropPath, Linear, Mlp, add_over_batch, dropout, permute_tokens
 
 __all__ = ["SwinTransformer", "SWIN_VARIANTS", "create_swin"]
 
@@ -35,6 +35,27 @@ def window_merge(windows, ws, h, w):
     c = windows.shape[-1]
     x = windows.reshape([-1, h // ws, w // ws, ws, ws, c]).transpose([0, 1, 3, 2, 4, 5])
     return x.reshape([-1, h, w, c])
+
+
+def window_order(h, w, ws, shift):
+    """Row-major token indices in the order of the cyclically shifted window partition: the sequence
+    x[:, order] is roll(x, -shift) cut into windows, window after window (what window_partition returns)."""
+    grid = np.roll(np.arange(h * w).reshape(h, w), (-shift, -shift), (0, 1))
+    return grid.reshape(h // ws, ws, w // ws, ws).transpose(0, 2, 1, 3).reshape(-1).astype("int64")
+
+
+def merge_order(h, w):
+    """Row-major token indices that put each 2x2 neighbourhood's tokens next to each other in PatchMerging's channel
+    order (0,0), (1,0), (0,1), (1,1): x[:, order] reshaped to [B, H/2 * W/2, 4C] is the merged input."""
+    grid = np.arange(h * w).reshape(h, w)
+    return np.stack([grid[0::2, 0::2], grid[1::2, 0::2], grid[0::2, 1::2], grid[1::2, 1::2]], -1).reshape(-1)
+
+
+def _register_order(layer, name, order):
+    """`order` and its inverse as non-persistable int64 buffers `name` and `name`_inverse."""
+    order = np.asarray(order, dtype="int64")
+    layer.register_buffer(name, paddle.to_tensor(order), persistable=False)
+    layer.register_buffer(name + "_inverse", paddle.to_tensor(np.argsort(order)), persistable=False)
 
 
 def relative_position_index(ws):
@@ -69,26 +90,30 @@ class WindowAttention(nn.Layer):
             [(2 * window_size - 1) ** 2, num_heads], default_initializer=nn.initializer.Constant(0.0))
         self.register_buffer("relative_position_index",
                              paddle.to_tensor(relative_position_index(window_size).reshape(-1)), persistable=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
+        self.qkv = Linear(dim, dim * 3, bias_attr=None if qkv_bias else False)
         self.attn_drop = dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = dropout(proj_drop)
 
     def forward(self, x, mask=None):
         bw, n, c = x.shape
         qkv = self.qkv(x).reshape([bw, n, 3, self.num_heads, c // self.num_heads]).transpose([2, 0, 3, 1, 4])
-        q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
+        if paddle.in_dynamic_mode():   # one gradient (a stack) instead of three zero-padded slice gradients
+            q, k, v = paddle.unbind(qkv, 0)
+        else:                          # the exported graph keeps its slices
+            q, k, v = qkv[0], qkv[1], qkv[2]
+        q = q * self.scale
         attn = paddle.matmul(q, k, transpose_y=True)              # bw, heads, n, n
         bias = paddle.gather(self.relative_position_bias_table, self.relative_position_index)
         bias = bias.reshape([n, n, self.num_heads]).transpose([2, 0, 1]).unsqueeze(0)   # 1, heads, n, n
         if mask is None:
-            attn = attn + bias
+            attn = add_over_batch(attn, bias)
         else:
             # bias and shift mask summed per window first, so that the big tensor sees one add broadcast over the
             # images only (a 5-D add broadcast on two axes is ~30x slower in oneDNN: 342 vs 12 ms at Swin-T stage 1)
             nw = mask.shape[0]
             bias = (bias + mask.unsqueeze(1)).reshape([1, nw * self.num_heads, n, n])
-            attn = attn.reshape([bw // nw, nw * self.num_heads, n, n]) + bias
+            attn = add_over_batch(attn.reshape([bw // nw, nw * self.num_heads, n, n]), bias)
             attn = attn.reshape([bw, self.num_heads, n, n])
         attn = self.attn_drop(F.softmax(attn, axis=-1))
         x = paddle.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([bw, n, c])
@@ -113,8 +138,26 @@ class SwinBlock(nn.Layer):
                                  persistable=False)
         else:
             self.attn_mask = None
+        self.partitioned = shift > 0 or window_size < max(resolution)
+        if self.partitioned:
+            _register_order(self, "window_order", window_order(*resolution, window_size, shift))
 
     def forward(self, x):
+        if not paddle.in_dynamic_mode():
+            return self.forward_windows(x)
+        b, length, c = x.shape
+        y = self.norm1(x)
+        if self.partitioned:   # roll + partition as one token gather (and its inverse after the attention)
+            y = permute_tokens(y, self.window_order, self.window_order_inverse)
+        y = self.attn(y.reshape([-1, self.window_size ** 2, c]), self.attn_mask).reshape([b, length, c])
+        if self.partitioned:
+            y = permute_tokens(y, self.window_order_inverse, self.window_order)
+        x = x + self.drop_path(y)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward_windows(self, x):
+        """The same block with roll and window reshapes: the form traced for export (plain ops that Paddle Inference
+        runs with oneDNN)."""
         h, w = self.resolution
         b, _, c = x.shape
         ws, s = self.window_size, self.shift
@@ -136,11 +179,15 @@ class PatchMerging(nn.Layer):
         super().__init__()
         self.resolution = resolution
         self.norm = nn.LayerNorm(4 * dim, epsilon=1e-5)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias_attr=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias_attr=False)
+        _register_order(self, "merge_order", merge_order(*resolution))
 
     def forward(self, x):
         h, w = self.resolution
         b, _, c = x.shape
+        if paddle.in_dynamic_mode():   # one gather instead of four strided slices and a concat
+            x = permute_tokens(x, self.merge_order, self.merge_order_inverse)
+            return self.reduction(self.norm(x.reshape([b, (h // 2) * (w // 2), 4 * c])))
         x = x.reshape([b, h, w, c])
         x = paddle.concat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], axis=-1)
         return self.reduction(self.norm(x.reshape([b, (h // 2) * (w // 2), 4 * c])))
