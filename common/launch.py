@@ -49,8 +49,11 @@ def model_key_in_config(path, key, _depth=0):
     from common.errors import SuiteError
     try:
         data = _read_yaml(path)
-    except (SuiteError, OSError):
-        return None
+    except (SuiteError, OSError) as e:
+        if _depth == 0:     # the file given by -cfg itself: the launcher cannot choose a method without it
+            reason = e if isinstance(e, SuiteError) else f"{path}: {e.strerror or e}"
+            raise LaunchError(f"error: {reason}") from None
+        return None         # a BASE file that cannot be read is left to the trainer to report, naming it
     model = data.get("MODEL")
     found = model.get(key) if isinstance(model, dict) else None
     if isinstance(found, str) and found:

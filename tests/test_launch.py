@@ -126,3 +126,12 @@ def test_predict_run_directly_uses_every_core(small_demo, tmp_path):
                            "-image", os.path.join(small_demo, "val_list.txt")], cwd=REPO, env=e, check=True,
                           capture_output=True, text=True, timeout=600)
     assert f"cpu: {len(os.sched_getaffinity(0))} math threads" in proc.stderr
+
+
+def test_a_cfg_that_cannot_be_read_is_named_by_the_launcher(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("MODEL: [1\n")
+    with pytest.raises(SystemExit, match=r"^error: config file not found: .*nope\.yaml$"):
+        launch.method_for(["-cfg", str(tmp_path / "nope.yaml")])
+    with pytest.raises(SystemExit, match=r"^error: .*bad\.yaml: invalid YAML at line 2"):
+        launch.method_for(["-cfg", str(bad)])
