@@ -172,12 +172,19 @@ def run(method, argv=None):
     model = method.build_model(config)
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters() if not p.stop_gradient)
     logger.info(f"model {config.MODEL.NAME}: {n_params / 1e6:.2f}M trainable parameters")
+    kept_new = None
     if config.MODEL.PRETRAINED:
         # a published name (timm/..., torchvision/...) or a PyTorch file is fetched / ported and cached here, when
         # the weights are loaded (the config keeps the name: nothing touches the network before)
-        load_pretrained(model, config.MODEL.PRETRAINED, new_head=config.MODEL.PRETRAINED_NEW_HEAD,
-                        prefer_ema=config.EVAL.ONLY and config.EVAL.USE_EMA, log=logger.info,
-                        model_name=config.MODEL.NAME, method=config.MODEL.METHOD or None)
+        kept_new = load_pretrained(model, config.MODEL.PRETRAINED, new_head=config.MODEL.PRETRAINED_NEW_HEAD,
+                                   prefer_ema=config.EVAL.ONLY and config.EVAL.USE_EMA, log=logger.info,
+                                   model_name=config.MODEL.NAME, method=config.MODEL.METHOD or None)
+    if config.EVAL.ONLY and (not config.MODEL.PRETRAINED or kept_new):
+        # scored all the same (a baseline can be wanted), but never mistaken for a trained model's accuracy
+        what = ("no weights were given (-pretrained): the model's initial weights" if not config.MODEL.PRETRAINED
+                else f"{config.MODEL.PRETRAINED} did not fill the classifier ({', '.join(kept_new[:3])}"
+                     f"{', ...' if len(kept_new) > 3 else ''}): it is as initialised")
+        logger.info(f"warning: evaluating with {what}; give a trained checkpoint with -pretrained")
 
     if config.EVAL.ONLY:
         head = method.main_head_of(model)

@@ -171,3 +171,18 @@ def test_gradient_accumulation_matches_the_large_batch(small_demo, tmp_path):
     a, b = final(big), final(acc)
     assert a["val_correct"] == b["val_correct"]
     assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+
+
+def test_eval_without_trained_weights_says_so(trained, small_demo, tmp_path):
+    """-eval scores what it is given, but an untrained model or an untrained classifier is named as such."""
+    base = ["-cfg", DEMO_CFG, "-data_path", small_demo, "-eval", "-opts", *TINY_RESMLP]
+    bare = run_cli(resmlp_main(*base[:5], "-output", str(tmp_path / "bare"), *base[5:]))
+    assert "warning: evaluating with no weights were given (-pretrained): the model's initial weights" in bare.stdout
+    new_head = run_cli(resmlp_main(*base[:5], "-output", str(tmp_path / "head"), "-pretrained",
+                                   os.path.join(trained, "last.pdparams"), *base[5:], "MODEL.NUM_CLASSES", "5",
+                                   "MODEL.PRETRAINED_NEW_HEAD", "True"), check=False)
+    ok = run_cli(resmlp_main(*base[:5], "-output", str(tmp_path / "ok"), "-pretrained",
+                             os.path.join(trained, "last.pdparams"), *base[5:]))
+    assert "warning: evaluating" not in ok.stdout
+    assert "did not fill the classifier (head.weight, head.bias): it is as initialised" in new_head.stdout, \
+        new_head.stdout[-2000:] + new_head.stderr[-2000:]
