@@ -315,33 +315,33 @@ def port_local(path, model_name, method=None, log=None, model=None):
         if os.path.isfile(cached(spec)):
             log(f"pretrained {path}: using its port cached at {cached(spec)}")
             return cached(spec)
-    first_error = None
-    for spec in specs + [None]:
-        if spec is None:       # nothing fits whole: backbone weights, the model's own parts left to it
-            spec = specs[-1]
-            allow = sorted({p for e in hub_table().values() for _, _, sn, am in e["models"] if sn == spec.name
-                            for p in am})
-            if not allow:
-                raise first_error
-            log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
-        else:
-            allow = ()
+
+    def port_to_cache(spec, allow=()):
         dst = cached(spec)
         with _Lock(dst):
-            if os.path.isfile(dst):
-                return dst
-            try:
+            if not os.path.isfile(dst):
                 ported, report = port_file(spec, src, allow_missing=allow, log=lambda m: None)[:2]
-            except (PortError, ValueError) as e:       # ValueError: no layout of the spec recognises the keys
-                first_error = first_error or e
-                if allow:
-                    raise first_error from None
-                continue
-            log(report.summary())
-            atomic_save(ported, dst)
-        log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
+                log(report.summary())
+                atomic_save(ported, dst)
+                log(f"pretrained {path}: ported for {spec.name} and cached at {dst}")
         return dst
-    raise first_error
+    first_error = None
+    for spec in specs:
+        try:
+            return port_to_cache(spec)
+        except (PortError, ValueError) as e:       # ValueError: no layout of the spec recognises the keys
+            first_error = first_error or e
+    # nothing fits whole: backbone weights, the model's own parts (as the published names list them) left to it
+    backbone = specs[-1]
+    allow = sorted({p for e in hub_table().values() for _, _, sn, am in e["models"] if sn == backbone.name
+                    for p in am})
+    if not allow:
+        raise first_error
+    log(f"pretrained {path}: the file does not fill {', '.join(allow)}; porting the rest")
+    try:
+        return port_to_cache(backbone, allow)
+    except (PortError, ValueError):
+        raise first_error from None
 
 
 def print_list(out=sys.stdout):

@@ -17,6 +17,7 @@ published weights. ``common`` imports no method folder by name: the launcher, ``
 benchmark and the tests all read this registry.
 """
 import argparse
+import difflib
 import fnmatch
 import importlib
 import inspect
@@ -169,8 +170,7 @@ def model_info(name):
     discover()
     if name in _MODELS:
         return _MODELS[name]
-    close = [n for n in _MODELS if name.lower() in n.lower()] or \
-        __import__("difflib").get_close_matches(name, list(_MODELS), n=5)
+    close = [n for n in _MODELS if name.lower() in n.lower()] or difflib.get_close_matches(name, list(_MODELS), n=5)
     hint = f"; did you mean {', '.join(sorted(close)[:5])}?" if close else "; see python -m common.models"
     raise UnknownModelError(f"unknown model '{name}'{hint}{_errors_hint()}")
 
@@ -200,10 +200,12 @@ def port_specs():
     return out
 
 
-def published_weights(info):
-    """The published names (common/hub_table.py) that load into the registry entry `info`."""
-    from common.hub_table import hub_table
-    return sorted(name for name, entry in hub_table().items()
+def published_weights(info, table=None):
+    """The published names (common/hub_table.py, or `table` as read from it) that load into registry entry `info`."""
+    if table is None:
+        from common.hub_table import hub_table
+        table = hub_table()
+    return sorted(name for name, entry in table.items()
                   if any(mn == info.model_name and meth in (None, info.method) for meth, mn, _, _ in entry["models"]))
 
 
@@ -333,8 +335,9 @@ def human_count(n):
 
 def table_rows(names, params=True):
     rows = []
+    from common.hub_table import hub_table
     counts = ParameterCounts() if params else None
-    specs = port_specs()
+    specs, table = port_specs(), hub_table()       # read once for every row
     for n in names:
         info = model_info(n)
         count = "-"
@@ -343,7 +346,7 @@ def table_rows(names, params=True):
                 count = human_count(counts.get(n))
             except Exception as e:   # noqa: BLE001 - a listing shows what it can
                 count = f"? ({type(e).__name__})"
-        weights = published_weights(info)
+        weights = published_weights(info, table)
         # no published name, but porting rules for the authors' own files (python -m common.port --model ...)
         ported = "authors' file (port)" if info.model_name in specs or n in specs else ""
         rows.append((n, info.method, count, str(info.image_size), ", ".join(weights) or ported or "-"))
