@@ -35,3 +35,20 @@ def resmlp_main(*args):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+def rel(out, ref):
+    """max|out - ref| / max|ref| in float64 (max|out| when ref is all zeros): the training-step tests' measure."""
+    import numpy as np
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    scale = np.abs(ref).max()
+    return float(np.abs(out - ref).max() / scale) if scale > 0 else float(np.abs(out).max())
+
+
+def method_config(method, recipe, opts):
+    """`method`'s config with the yaml `recipe` merged, then `opts` (the step tests' tiny model)."""
+    from common.config import merge_opts, merge_yaml
+    c = method.get_config()
+    merge_yaml(c, recipe)
+    merge_opts(c, opts)
+    return c

@@ -43,7 +43,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from common.config import merge_opts, merge_yaml  # noqa: E402
 from common.engine.losses import ClassificationLoss  # noqa: E402
 from common.engine.lr import build_scheduler  # noqa: E402
 from common.engine.optim import build_optimizer, trainable_named_parameters  # noqa: E402
@@ -51,6 +50,7 @@ from common.engine.trainer import Trainer  # noqa: E402
 from common.porting import fingerprint, port_state_dict, seeded_input, seeded_state  # noqa: E402
 from dynamic_mlp.method import DynamicMLPMethod  # noqa: E402
 from dynamic_mlp.port_weights import OFFICIAL_RULES, REFERENCE_ENV, paddle_key_to_torch  # noqa: E402
+from tests.helpers import method_config, rel  # noqa: E402
 
 
 def _load_maker():
@@ -75,17 +75,8 @@ TINY = ["MODEL.NUM_CLASSES", str(mf.NUM_CLASSES), "DATA.IMAGE_SIZE", str(mf.IMG)
         "AMP.ENABLE", "False"]                        # float32 (the reference's autocast is CUDA-only)
 
 
-def rel(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return float(np.abs(out - ref).max() / scale) if scale > 0 else float(np.abs(out).max())
-
-
 def recipe_config():
-    c = DynamicMLPMethod().get_config()
-    merge_yaml(c, RECIPE)
-    merge_opts(c, TINY)
-    return c
+    return method_config(DynamicMLPMethod(), RECIPE, TINY)
 
 
 def load_fixture(path=mf.FIXTURE):

@@ -55,6 +55,7 @@ from common.engine.optim import build_optimizer  # noqa: E402
 from common.porting import fingerprint, port_state_dict, seeded_input, seeded_state  # noqa: E402
 from pim.method import PIMMethod  # noqa: E402
 from pim.port_weights import PIM_RULES  # noqa: E402
+from tests.helpers import rel  # noqa: E402
 
 HERE = os.path.join(REPO, "tests", "fixtures", "train_step", "pim")
 FIXTURE = os.path.join(HERE, "pim_train_step.npz")
@@ -72,12 +73,6 @@ CURVE_FLOAT32_STEPS = 2     # the same in float32 (see test_twenty_steps_float32
 # conv biases right before a BatchNorm (train mode): the normalisation cancels them, their true gradient is 0
 # (float64 reference: ~1e-16). Compared in absolute terms, against the gradient of the same layer's weight.
 ZERO_GRAD = {f"fpn_classifier_{layer}.0.bias" for layer in LAYERS}
-
-
-def rel(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return float(np.abs(out - ref).max() / scale) if scale > 0 else float(np.abs(out).max())
 
 
 # ---------------------------------------------------------------------------------------------- fixture and model

@@ -37,13 +37,13 @@ if REPO not in sys.path:
 
 import paddle  # noqa: E402
 
-from common.config import merge_opts, merge_yaml  # noqa: E402
 from common.data.mixup import mixup_target as suite_mixup_target  # noqa: E402
 from common.engine.losses import ClassificationLoss  # noqa: E402
 from common.engine.optim import build_optimizer  # noqa: E402
 from common.porting import port_state_dict  # noqa: E402
 from resmlp.method import ResMLPMethod  # noqa: E402
 from resmlp.port_weights import TIMM_RULES, paddle_key_to_timm  # noqa: E402
+from tests.helpers import method_config, rel  # noqa: E402
 
 TOL = 1e-5
 CURVE_TOL = 1e-5          # relative, per step, on the 20-step loss curves
@@ -56,17 +56,8 @@ TINY = ["MODEL.NUM_CLASSES", str(NUM_CLASSES), "MODEL.MIXER.PATCH_SIZE", "8", "M
 SUITE_NO_DECAY_EXTRA = ["*.alpha", "*.beta"]                 # see the module docstring
 
 
-def rel(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return float(np.abs(out - ref).max() / scale) if scale > 0 else float(np.abs(out).max())
-
-
 def recipe_config():
-    c = ResMLPMethod().get_config()
-    merge_yaml(c, RECIPE)
-    merge_opts(c, TINY)
-    return c
+    return method_config(ResMLPMethod(), RECIPE, TINY)
 
 
 def timm_model():

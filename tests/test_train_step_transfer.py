@@ -45,7 +45,6 @@ if REPO not in sys.path:
 
 import paddle  # noqa: E402
 
-from common.config import merge_opts, merge_yaml  # noqa: E402
 from common.data.mixup import mixup_target  # noqa: E402
 from common.engine.losses import ClassificationLoss  # noqa: E402
 from common.engine.lr import build_scheduler  # noqa: E402
@@ -55,6 +54,7 @@ from transfer.l2sp import L2SP  # noqa: E402
 from transfer.method import TransferMethod  # noqa: E402
 from transfer.model import lr_groups  # noqa: E402
 from transfer.port_weights import RESNET_RULES, paddle_key_to_torch  # noqa: E402
+from tests.helpers import method_config, rel  # noqa: E402
 
 FIXTURE_DIR = os.path.join(REPO, "tests", "fixtures", "train_step", "transfer")
 _spec = importlib.util.spec_from_file_location("transfer_step_fixture", os.path.join(FIXTURE_DIR, "make_fixture.py"))
@@ -83,17 +83,8 @@ TINY = ["MODEL.NAME", "resnet18", "MODEL.NUM_CLASSES", str(mk.NUM_CLASSES), "MOD
 GROUPS = ("head", "high", "low")     # the official 'linear', 'high_layers', 'low_layers'
 
 
-def rel(out, ref):
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    scale = np.abs(ref).max()
-    return float(np.abs(out - ref).max() / scale) if scale > 0 else float(np.abs(out).max())
-
-
 def recipe_config():
-    c = TransferMethod().get_config()
-    merge_yaml(c, RECIPE)
-    merge_opts(c, TINY)
-    return c
+    return method_config(TransferMethod(), RECIPE, TINY)
 
 
 # ---- the official numbers: the committed fixture, or regenerated live from a checkout
