@@ -210,8 +210,9 @@ def demo_args(mode):
     return args
 
 
-def build_command(mode, args, gpus, nproc, ips=None):
-    script = method_for(args).script
+def build_command(mode, args, gpus, nproc, ips=None, method=None):
+    """`method`: the MethodInfo to run (default: `method_for(args)`)."""
+    script = (method or method_for(args)).script
     if mode == "eval" and "-eval" not in args:
         args = args + ["-eval"]
     if gpus:
@@ -392,10 +393,11 @@ def launch(argv=None):
                SUITE_COMMAND=f"sh run_{mode}_multi.sh " + " ".join(shlex.quote(a) for a in typed))
     # the method folder may live outside the repository (SUITE_METHOD_PATH): its parent and the repository are
     # put on the path, so its main_multi_gpu.py imports `common` and its own package wherever it is
-    method_root = os.path.dirname(method_for(args).folder)
+    method = method_for(args)
+    method_root = os.path.dirname(method.folder)
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
         [method_root, REPO] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"))
+    cmd = build_command(mode, args, gpus, nproc, os.environ.get("IPS"), method)
     print("+ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     log_dir = cmd[cmd.index("--log_dir") + 1] if "--log_dir" in cmd else None
     return run_child(cmd, env, log_dir)
