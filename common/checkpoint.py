@@ -13,7 +13,7 @@ import zipfile
 import numpy as np
 import paddle
 
-from common.errors import SuiteError
+from common.errors import NonFiniteError, SuiteError
 from common.outdir import atomic_write
 from common.formats import PADDLE_NAME_TABLE, checkpoint_format, safetensors_header
 from common.safe_pickle import KEEP, CheckpointFormatError, load_paddle_file, rebuild, short_repr
@@ -154,6 +154,19 @@ def _head_hint(model, wrong, missing):
             f"fine-tune to new classes, keep a new classifier with -opts MODEL.PRETRAINED_NEW_HEAD True")
 
 
+def nonfinite_keys(state):
+    """Keys of the floating tensors in `state` that hold a NaN or an infinity."""
+    bad = []
+    for k, v in state.items():
+        if isinstance(v, paddle.Tensor):
+            if v.dtype in (paddle.float16, paddle.bfloat16, paddle.float32, paddle.float64) and \
+                    not bool(paddle.isfinite(v).all()):
+                bad.append(k)
+        elif isinstance(v, np.ndarray) and v.dtype.kind == "f" and not np.isfinite(v).all():
+            bad.append(k)
+    return bad
+
+
 def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None, head_hint=False):
     """Compare a state dict with the model: returns (usable dict, skipped keys) or raises naming every misfit.
 
@@ -205,6 +218,12 @@ def check_state_dict(model, state, skip_keys=(), name="checkpoint", notes=None, 
             v = paddle.to_tensor(v).astype(targets[k].dtype)
             casts.setdefault((str(state[k].dtype), str(targets[k].dtype).replace("paddle.", "")), []).append(k)
         usable[k] = v
+    broken = nonfinite_keys(usable)
+    if broken:
+        # refused rather than scored: Paddle's CPU relu maps NaN to 0, so NaN weights ahead of a ReLU can give finite,
+        # constant logits that evaluation would count as a (bad) model's predictions
+        raise NonFiniteError(f"{name}: {len(broken)} tensor(s) hold NaN / inf values ({_names(broken, 5)}); these "
+                             f"weights are broken (a diverged run, a damaged file): use an earlier checkpoint")
     if notes is not None:
         for (src, dst), keys in casts.items():
             notes.append(f"{name}: cast {len(keys)} tensor(s) from {src} to the model's {dst} ({_names(keys, 5)})")

@@ -32,7 +32,7 @@ DATASET_ALIASES = {"imagenet2012": "list"}
 # keys that describe one invocation, not the model or the recipe: never taken from a checkpoint's stored config
 # for evaluation and prediction, and left out of the -cfg / checkpoint comparison
 RUN_KEYS = ("MODEL.PRETRAINED", "MODEL.RESUME", "MODEL.PRETRAINED_NEW_HEAD", "EVAL.ONLY", "EVAL.PREDICTOR",
-            "EVAL.USE_EMA", "SAVE.OUTPUT", "SAVE.START_OVER", "DATA.DATA_PATH")
+            "EVAL.PREDICTOR_MIN_SECONDS", "EVAL.USE_EMA", "SAVE.OUTPUT", "SAVE.START_OVER", "DATA.DATA_PATH")
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 

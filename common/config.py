@@ -116,8 +116,11 @@ def get_default_config():
     _C.EVAL.FREQ = 1                    # epochs between evaluations
     _C.EVAL.TOPK = []                   # top-k accuracies reported besides top-1; []: top-5 (capped at the
                                         # class count)
-    _C.EVAL.PREDICTOR = False           # -eval through the exported model in Paddle Inference (the fast path; main
-                                        # head only); False: the dygraph model
+    _C.EVAL.PREDICTOR = False           # -eval through the exported model in Paddle Inference (-predictor), whatever
+                                        # the set's size or the device
+    _C.EVAL.PREDICTOR_MIN_SECONDS = 20     # -eval on CPU in float32 takes that path by itself when the first
+                                        # batch says dygraph would need this long for the rest (0: never); either
+                                        # way the first batch is checked against dygraph
     _C.EVAL.USE_EMA = False             # -eval / predict / export take the EMA weights of the -pretrained checkpoint
                                         # (-use_ema); a checkpoint without EMA weights is an error
 
@@ -295,6 +298,7 @@ def numbers(n, each):
 
 VALUE_RULES = {
     "DATA.BATCH_SIZE": at_least(1),
+    "EVAL.PREDICTOR_MIN_SECONDS": at_least(0),
     "DATA.BATCH_SIZE_EVAL": at_least(0),
     "DATA.IMAGE_SIZE": at_least(1),
     "DATA.IMAGE_CHANNELS": at_least(1),

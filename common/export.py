@@ -17,7 +17,9 @@ import inspect
 import json
 import os
 import shutil
+import time
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 
@@ -188,23 +190,129 @@ def _write_export(method, config, model, out_dir, names, onnx, opset):
     return meta
 
 
-def predictor_heads(method, config, model, device="cpu"):
-    """`heads_fn` for `evaluate`: the model exported to a temporary folder and run by Paddle Inference (the fast
-    path); returns {main head: logits}."""
-    import tempfile
+class AllHeads(nn.Layer):
+    """The model as evaluation scores it: inputs -> the logits of each of `names` (the method's eval heads), in
+    that order."""
 
-    from common import dist
-    from common.deploy import ExportedClassifier
-    gpu_id = int(device.split(":")[1]) if device.startswith("gpu:") else (0 if device == "gpu" else None)
-    with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor holds the model in memory
-        export_model(method, config, model, folder)
-        clf = ExportedClassifier(folder, threads=dist.cpu_threads(), gpu_id=gpu_id)
-    head = method.main_head_of(model)
+    def __init__(self, method, model, names):
+        super().__init__()
+        self.model = model
+        self._method = method
+        self._names = list(names)
 
-    def heads_fn(images, extras):
-        logits = clf.run(images.numpy(), *[e.numpy() for e in extras])
-        return {head: paddle.to_tensor(logits)}
-    return heads_fn
+    def forward(self, image, extra0=None, extra1=None):
+        extras = [e for e in (extra0, extra1) if e is not None]
+        heads = self._method.eval_heads(self.model, self.model(image, *extras))
+        return [heads[n] for n in self._names]
+
+
+# How far the exported model's logits may be from the dygraph model's on the first batch (times max(1, max |logit|))
+# before evaluation stays in dygraph. Rounding differences are ~1e-6 (oneDNN's kernels, other summation orders), and
+# ~1e-3 for PIM with random weights, whose selector may order near-tied tokens differently; a kernel computing the
+# wrong thing differs by the logits' own size.
+AGREE_TOL = {"float32": 1e-3, "half": 5e-2}
+
+
+class PredictorEval:
+    """`heads_fn` for `evaluate`: the model exported (every eval head) to a temporary folder and run by Paddle
+    Inference, 2-4x faster than dygraph on CPU (README, Benchmark). The first batch is scored by the dygraph model
+    and run through the predictor too; only when the two agree (`AGREE_TOL`) does the predictor score the rest, so a
+    wrong kernel can cost speed but never a wrong number.
+
+    `min_seconds=None` (-predictor): always tried, and an export that fails is an error. Otherwise (the automatic
+    choice) only when the first batch's time says the remaining `batches - 1` would take dygraph at least
+    `min_seconds` (the export takes 2-5 s for the suite's models on 2 cores; a tiny model stays in dygraph), and an
+    export that fails falls back to dygraph with a warning."""
+
+    def __init__(self, method, config, model, device, log, batches, min_seconds=None):
+        self.method, self.config, self.model, self.device = method, config, model, device
+        self.log, self.batches, self.min_seconds = log, batches, min_seconds
+        self._run = None            # the scorer of every batch after the first
+
+    def __call__(self, images, extras):
+        if self._run is not None:
+            return self._run(images, extras)
+        start = time.perf_counter()
+        heads = self._dygraph(images, extras)
+        for v in heads.values():
+            v.numpy()   # waits for the device: the time is the batch's
+        dygraph_left = (time.perf_counter() - start) * (self.batches - 1)
+        if self.min_seconds is not None and dygraph_left < self.min_seconds:
+            self._run = self._dygraph
+        else:
+            self._run = self._choose(heads, images, extras)
+        return heads
+
+    def _dygraph(self, images, extras):
+        from common.engine.trainer import amp_context
+        with amp_context(self.config, self.device):
+            return self.method.eval_heads(self.model, self.model(images, *extras))
+
+    def _choose(self, heads, images, extras):
+        names = list(heads)
+        if not all(bool(paddle.isfinite(v.astype("float32")).all()) for v in heads.values()):
+            return self._dygraph   # evaluate() stops on non-finite logits; no export is worth making
+        try:
+            run = self._predictor(names)
+            fast = run(images, extras)
+        except Exception as e:   # to_static / jit.save / Paddle Inference: many error types; none may cost the run
+            if self.min_seconds is None:
+                raise ExportError(f"-predictor: the model could not be run through Paddle Inference: "
+                                  f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                  ) from e
+            self.log(f"warning: the exported model could not be run ({type(e).__name__}); evaluating in dygraph")
+            return self._dygraph
+        gap, tol = self._gap(heads, fast)
+        if not gap <= tol:   # NaN included
+            self.log(f"warning: the exported model's logits differ from the dygraph model's on the first batch "
+                     f"(max |difference| {gap:.3g} > {tol:.3g}); evaluating in dygraph instead")
+            return self._dygraph
+        self.log(f"evaluating through the exported model in Paddle Inference (heads {', '.join(names)}; first "
+                 f"batch: max |logit difference| to dygraph {gap:.2g})")
+        return run
+
+    @staticmethod
+    def _gap(heads, fast):
+        """(max |fast - dygraph| over every head, the tolerance): NaN or inf when they cannot be compared."""
+        gaps, tol = [], float("inf")
+        for name, logits in heads.items():
+            ref = logits.astype("float32")
+            if list(fast[name].shape) != list(ref.shape):
+                return float("inf"), tol
+            half = logits.dtype in (paddle.float16, paddle.bfloat16)
+            tol = min(tol, AGREE_TOL["half" if half else "float32"] * max(1.0, float(ref.abs().max())))
+            gaps.append(float((fast[name].astype("float32") - ref).abs().max()))
+        return float(np.max(gaps)), tol   # np.max keeps a NaN, Python's max may drop it
+
+    def _predictor(self, names):
+        import tempfile
+
+        from common import dist
+        from common.deploy import create_predictor
+        self.model.eval()
+        wrapped = AllHeads(self.method, self.model, names)
+        wrapped.eval()
+        gpu_id = (int(self.device.split(":")[1]) if self.device.startswith("gpu:")
+                  else (0 if self.device == "gpu" else None))
+        with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor keeps it in memory
+            prefix = os.path.join(folder, MODEL_PREFIX)
+            static = paddle.jit.to_static(wrapped, input_spec=input_specs(self.method, self.config), full_graph=True)
+            paddle.jit.save(static, prefix)
+            graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
+            predictor = create_predictor(graph, prefix + ".pdiparams", threads=dist.cpu_threads(), gpu_id=gpu_id)
+        inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
+        outputs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
+        if len(outputs) != len(names):
+            raise ExportError(f"the exported model has {len(outputs)} outputs for {len(names)} heads")
+
+        def run(images, extras):
+            for handle, t in zip(inputs, [images, *extras]):
+                arr = np.ascontiguousarray(t.numpy())
+                handle.reshape(arr.shape)
+                handle.copy_from_cpu(arr)
+            predictor.run()
+            return {n: paddle.to_tensor(h.copy_to_cpu()) for n, h in zip(names, outputs)}
+        return run
 
 
 def export_onnx(graph, params, dst, opset=13):

@@ -22,6 +22,17 @@ from common.proctree import die_with_parent
 from common.report import Progress, write_class_report
 
 
+def eval_predictor(config, device):
+    """How -eval uses the exported model in Paddle Inference: "always" (-predictor), "auto" (CPU, float32: when the
+    first batch says dygraph would take EVAL.PREDICTOR_MIN_SECONDS or more, since there the predictor is 2-4x
+    faster and its export, 2-5 s, has paid for itself; README, Benchmark) or None (dygraph)."""
+    if config.EVAL.PREDICTOR:
+        return "always"
+    if device == "cpu" and not config.AMP.ENABLE and float(config.EVAL.PREDICTOR_MIN_SECONDS) > 0:
+        return "auto"
+    return None
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
@@ -189,14 +200,17 @@ def run(method, argv=None):
     if config.EVAL.ONLY:
         head = method.main_head_of(model)
         _, val_set = build_datasets(config, method, train=False, val=True)
+        loader = build_eval_loader(config, val_set)
         heads_fn = None
-        if config.EVAL.PREDICTOR:
-            from common.export import predictor_heads
-            heads_fn = predictor_heads(method, config, model, device)
-            logger.info(f"evaluating through the exported model in Paddle Inference (head '{head}')")
+        use_predictor = eval_predictor(config, device)
+        if use_predictor:
+            from common.export import PredictorEval
+            heads_fn = PredictorEval(method, config, model, device, logger.info, batches=len(loader),
+                                     min_seconds=float(config.EVAL.PREDICTOR_MIN_SECONDS) if use_predictor == "auto"
+                                     else None)
         progress = (Progress("eval", len(val_set), logger.info, every=config.REPORT_FREQ, scale=dist.world_size())
                     if rank == 0 else None)
-        metrics, classes = evaluate(model, method, build_eval_loader(config, val_set), config, device, heads_fn,
+        metrics, classes = evaluate(model, method, loader, config, device, heads_fn,
                                     per_class=True, progress=progress)
         logger.info(Trainer._format_metrics(f"eval on {metrics['count']} images", metrics))
         if rank == 0:

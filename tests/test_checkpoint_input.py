@@ -82,6 +82,22 @@ def test_float_values_for_an_integer_entry_are_refused(tmp_path):
         load_pretrained(WithCounter(), str(path), log=lambda m: None)
 
 
+
+def test_weights_holding_nan_or_inf_are_refused_naming_them(tmp_path):
+    """Paddle's CPU relu maps NaN to 0: NaN weights ahead of a ReLU give finite, constant logits, which no check
+    of the outputs can tell from a bad model's. So the weights themselves are checked when they are loaded."""
+    relu_net = paddle.nn.Sequential(paddle.nn.Linear(4, 3), paddle.nn.ReLU(), paddle.nn.Linear(3, 2))
+    state = {k: v.numpy() for k, v in relu_net.state_dict().items()}
+    state["0.weight"] = np.full_like(state["0.weight"], np.nan)
+    relu_net.set_state_dict(state)
+    assert np.isfinite(relu_net(paddle.ones([1, 4])).numpy()).all()   # why the outputs cannot tell
+    state["2.bias"] = np.array([1.0, np.inf], dtype="float32")
+    path = tmp_path / "nan.pdparams"
+    paddle.save(state, str(path))
+    from common.errors import NonFiniteError
+    with pytest.raises(NonFiniteError, match=r"nan.pdparams: 2 tensor\(s\) hold NaN / inf values \(0.weight, 2.bias\)"):
+        load_pretrained(relu_net, str(path), log=lambda m: None)
+
 # --------------------------------------------------------------------------------------------------------------
 # damaged files say so; only real torch / safetensors files get the port advice
 
