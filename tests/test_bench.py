@@ -12,6 +12,13 @@ def test_bench_worker_measures_paddle_and_the_exported_predictor():
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         assert res["mode"] == mode and len(res["images_per_s"]) == 1 and res["images_per_s"][0] > 0
         assert res["peak_rss_mb"] > 100
+        assert (res.get("export_s", 0) > 0) == (mode == "predictor")   # the default -eval column's export cost
+
+
+def test_default_eval_column_counts_the_export_once():
+    from bench.__main__ import default_eval_ips
+    assert default_eval_ips(20.0, 10.0, n=1000) == 1000 / (10.0 + 50.0)
+    assert default_eval_ips(None, 10.0) is None and default_eval_ips(20.0, None) is None
 
 
 def test_engine_and_bare_loop_measure_the_same_model():
