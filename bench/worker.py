@@ -31,6 +31,10 @@ KNOBS = {
     "naive_best_fit": "Paddle's older best-fit allocator (FLAGS_allocator_strategy=naive_best_fit)",
     "malloc_trim_0": "glibc trims the heap top at every free (MALLOC_TRIM_THRESHOLD_=0)",
     "no_stride_kernel": "Paddle's dense transpose/slice kernels instead of strided views (FLAGS_use_stride_kernel=0)",
+    "glibc_default_mmap": "glibc's own, moving mmap threshold (the suite fixes it at 32 MB: large activations reused "
+                          "from the heap instead of mapped and unmapped every step)",
+    "zeroed_grads": "gradients kept allocated and zeroed between steps (Paddle's clear_grad() default) instead of "
+                    "released as the suite's Trainer and PyTorch's zero_grad() do",
 }
 # knobs that are environment variables of the measured process (read by the C library at start-up)
 KNOB_ENV = {"malloc_mmap_4mb": {"MALLOC_MMAP_THRESHOLD_": "4194304"},
@@ -94,14 +98,17 @@ def _paddle_inputs(spec, batch):
 
 
 def _paddle_cpu_math(threads, knobs):
-    """What the suite's runner does for a CPU process: math threads, and MKL's AVX2 path on AMD."""
+    """What the suite's runner does for a CPU process: math threads, MKL's AVX2 path on AMD, activations kept on
+    glibc's heap."""
     from paddle.base import core
 
-    from common.dist import prefer_fast_mkl_on_amd
+    from common.dist import keep_activations_on_the_heap, prefer_fast_mkl_on_amd
     if "mkl_vendor_default" in knobs:
         os.environ.pop("MKL_DEBUG_CPU_TYPE", None)
     else:
         prefer_fast_mkl_on_amd()
+    if "glibc_default_mmap" not in knobs:
+        keep_activations_on_the_heap()
     core.set_num_threads(threads)
 
 
@@ -126,7 +133,7 @@ def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
             loss = sum(o.astype("float32").mean() for o in outs)
             loss.backward()
             opt.step()
-            opt.clear_grad()
+            opt.clear_grad(set_to_zero="zeroed_grads" in knobs)   # released, as the Trainer does
     elif mode == "eval":
         model.eval()
 
@@ -235,7 +242,7 @@ def run_engine(arch, mode, batch, iters, warmup, threads, knobs=()):
             loss = F.cross_entropy(forward(images), labels)
             loss.backward()
             opt.step()
-            opt.clear_grad()
+            opt.clear_grad(set_to_zero=False)   # as the Trainer
             float(loss)
     gaps = np.diff(stamps)
     return list(gaps[warmup:warmup + iters])

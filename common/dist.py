@@ -1,6 +1,7 @@
 """Process-group helpers. One process per GPU (NCCL) or N CPU processes (gloo), started by
 `python -m paddle.distributed.launch`; a plain `python main_multi_gpu.py` is a world of one."""
 import os
+import platform
 
 import numpy as np
 import paddle
@@ -66,10 +67,34 @@ def prefer_fast_mkl_on_amd():
     return os.environ.get("MKL_DEBUG_CPU_TYPE") == "5"
 
 
+# glibc's largest mmap threshold on 64-bit systems (DEFAULT_MMAP_THRESHOLD_MAX); M_MMAP_THRESHOLD is mallopt's -3
+HEAP_UP_TO = 32 * 1024 * 1024
+_M_MMAP_THRESHOLD = -3
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+              "GLIBC_TUNABLES")
+
+
+def keep_activations_on_the_heap():
+    """Paddle's CPU tensors come from glibc's malloc, which serves blocks above its mmap threshold (128 KB at start,
+    raised as such blocks are freed) with fresh mappings: every step's large activations (ResMLP-24 at batch 16:
+    19 MB each) are then mapped, page-faulted in and unmapped again. Fixed at glibc's largest threshold (32 MB), they
+    are reused from the heap: measured on 2 EPYC cores, ResMLP-24 training 2.96 -> 4.66 img/s, ResMLP-12 6.98 ->
+    9.41, ResNet-50 4.35 -> 4.59, for 1-9% more peak memory (README, Benchmark). Left alone when the user set any
+    of glibc's malloc variables, and off glibc. Returns whether it is in effect."""
+    if any(k in os.environ for k in MALLOC_ENV) or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        import ctypes
+        return ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, HEAP_UP_TO) == 1
+    except (OSError, AttributeError):
+        return False
+
+
 def set_cpu_threads():
     """Paddle's CPU kernels use one thread unless told; give this process its share of the cores (and MKL's fast
-    path on AMD, see prefer_fast_mkl_on_amd)."""
+    path on AMD, see prefer_fast_mkl_on_amd; glibc's heap for the activations, see keep_activations_on_the_heap)."""
     prefer_fast_mkl_on_amd()
+    keep_activations_on_the_heap()
     n = cpu_threads()
     paddle.base.core.set_num_threads(n)
     return n

@@ -90,3 +90,22 @@ def test_patch_merging_gather_equals_strided_slices():
     cat = paddle.concat([g[:, 0::2, 0::2], g[:, 1::2, 0::2], g[:, 0::2, 1::2], g[:, 1::2, 1::2]], axis=-1)
     want = merge.reduction(merge.norm(cat.reshape([2, 4, 12])))
     assert rel(merge(x).numpy(), want.numpy()) < TOL
+
+
+def test_drop_path_keeps_timms_arithmetic_and_gradient():
+    """The lean drop path (its backward keeps only the per-sample factor) draws the same mask from the same seed and
+    gives timm's x * (mask / keep) and its gradient exactly; in evaluation it is the identity."""
+    rng = np.random.default_rng(5)
+    x, dy = tensor(rng, [8, 6, 4]), tensor(rng, [8, 6, 4], grad=False)
+    paddle.seed(11)
+    y = layers.drop_path(x, 0.25, training=True)
+    paddle.autograd.backward([y], [dy])
+    paddle.seed(11)
+    scale = paddle.floor(0.75 + paddle.rand([8, 1, 1])) / 0.75
+    kept = scale.numpy().reshape(-1)
+    assert 0 < (kept == 0).sum() < 8                  # some branches dropped, some kept, at this seed
+    np.testing.assert_array_equal(y.numpy(), (x * scale).numpy())
+    np.testing.assert_array_equal(x.grad.numpy(), (dy * scale).numpy())
+    assert layers.drop_path(x, 0.25, training=False) is x
+    with paddle.no_grad():   # no graph: the plain product
+        np.testing.assert_array_equal(layers.drop_path(x, 0.0, training=True).numpy(), x.numpy())
