@@ -115,6 +115,18 @@ def test_mkl_fast_path_is_requested_on_amd_only_and_a_user_choice_wins(monkeypat
     assert os.environ.get("MKL_DEBUG_CPU_TYPE") == expected
 
 
+@pytest.mark.parametrize("user_env", [None, "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES"])
+def test_malloc_threshold_is_fixed_unless_the_user_tuned_malloc(monkeypatch, user_env):
+    import platform
+    from common import dist
+    for k in dist.MALLOC_ENV:
+        monkeypatch.delenv(k, raising=False)
+    if user_env:
+        monkeypatch.setenv(user_env, "1")
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert dist.keep_activations_on_the_heap() == (glibc and user_env is None)
+
+
 def test_predict_run_directly_uses_every_core(small_demo, tmp_path):
     out = str(tmp_path / "run")
     subprocess.run([sys.executable, "resmlp/main_multi_gpu.py", "-cfg", "configs/resmlp/demo.yaml", "-data_path",
