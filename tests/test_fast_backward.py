@@ -109,3 +109,18 @@ def test_drop_path_keeps_timms_arithmetic_and_gradient():
     assert layers.drop_path(x, 0.25, training=False) is x
     with paddle.no_grad():   # no graph: the plain product
         np.testing.assert_array_equal(layers.drop_path(x, 0.0, training=True).numpy(), x.numpy())
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 8), (64, 96)])
+def test_layer_norm_backward_matches_paddles(shape):
+    """Rows with a large mean against their spread (a residual stream) and a non-trivial weight and bias."""
+    rng = np.random.default_rng(2)
+    c = shape[-1]
+    x = paddle.to_tensor((rng.standard_normal(shape) * 0.5 + 4.0).astype("float32"))
+    x.stop_gradient = False
+    ln = layers.LayerNorm(c, epsilon=1e-6)
+    ln.weight.set_value(tensor(rng, (c,)))
+    ln.bias.set_value(tensor(rng, (c,)))
+    assert isinstance(ln, nn.LayerNorm) and list(ln.state_dict()) == ["weight", "bias"]
+    assert_same(lambda: ln(x), lambda: F.layer_norm(x, [c], ln.weight, ln.bias, 1e-6), [x, ln.weight, ln.bias],
+                tensor(rng, shape, False))

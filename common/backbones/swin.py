@@ -18,7 +18,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from common import init
-from common.layers import DropPath, Linear, Mlp, add_over_batch, dropout, permute_tokens
+from common.layers import DropPath, LayerNorm, Linear, Mlp, add_over_batch, dropout, permute_tokens
 
 __all__ = ["SwinTransformer", "SWIN_VARIANTS", "create_swin"]
 
@@ -128,10 +128,10 @@ class SwinBlock(nn.Layer):
         if min(resolution) <= window_size:  # one window covers the stage: no partition, no shift
             window_size, shift = min(resolution), 0
         self.window_size, self.shift = window_size, shift
-        self.norm1 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm1 = LayerNorm(dim, epsilon=1e-5)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, epsilon=1e-5)
+        self.norm2 = LayerNorm(dim, epsilon=1e-5)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         if shift > 0:
             self.register_buffer("attn_mask", paddle.to_tensor(shifted_window_mask(*resolution, window_size, shift)),
@@ -178,7 +178,7 @@ class PatchMerging(nn.Layer):
     def __init__(self, resolution, dim):
         super().__init__()
         self.resolution = resolution
-        self.norm = nn.LayerNorm(4 * dim, epsilon=1e-5)
+        self.norm = LayerNorm(4 * dim, epsilon=1e-5)
         self.reduction = Linear(4 * dim, 2 * dim, bias_attr=False)
         _register_order(self, "merge_order", merge_order(*resolution))
 
@@ -212,7 +212,7 @@ class PatchEmbed(nn.Layer):
     def __init__(self, patch_size, in_chans, embed_dim, norm=True):
         super().__init__()
         self.proj = nn.Conv2D(in_chans, embed_dim, patch_size, stride=patch_size)
-        self.norm = nn.LayerNorm(embed_dim, epsilon=1e-5) if norm else None
+        self.norm = LayerNorm(embed_dim, epsilon=1e-5) if norm else None
 
     def forward(self, x):
         x = self.proj(x).flatten(2).transpose([0, 2, 1])  # B, H*W, C (row-major)
