@@ -40,6 +40,7 @@ def cases():
     g = rng.standard_normal((M, H)).astype("float32")
     pg, tg = paddle.to_tensor(g), torch.from_numpy(g)
     xc = rng.standard_normal((M, C)).astype("float32")
+    pxc, txc = paddle.to_tensor(xc), torch.from_numpy(xc)
     out = {}
     # the bias / per-channel-scale gradient of every Linear, Affine and layer scale
     out["sum over rows [3136, 1536] -> [1536] (bias gradient)"] = (
@@ -56,8 +57,16 @@ def cases():
     tx2 = torch.from_numpy(xc).requires_grad_(True)
     dy = rng.standard_normal((M, C)).astype("float32")
     pdy, tdy = paddle.to_tensor(dy), torch.from_numpy(dy)
+    fast_ln = layers.LayerNorm(C)
     out["layer_norm fwd+bwd [3136, 384]"] = (lambda: paddle.autograd.backward([pln(px)], [pdy]),
-                                             lambda: tln(tx2).backward(tdy), None)
+                                             lambda: tln(tx2).backward(tdy),
+                                             lambda: paddle.autograd.backward([fast_ln(px)], [pdy]))
+    # elementwise products: every composed backward (and the suite's own) is made of these
+    row = rng.standard_normal((M, 1)).astype("float32")
+    prow, trow = paddle.to_tensor(row), torch.from_numpy(row)
+    pdy_nograd = paddle.to_tensor(dy)
+    out["multiply [3136, 384] * [3136, 384]"] = (lambda: pxc * pdy_nograd, lambda: txc * tdy, None)
+    out["multiply by a per-row factor [3136, 384] * [3136, 1]"] = (lambda: pxc * prow, lambda: txc * trow, None)
     # the strided copy behind reshape-after-transpose (Swin's window partition)
     b, h, w, c, ws = SWIN
     a = rng.standard_normal((b, h, w, c)).astype("float32")
@@ -72,7 +81,6 @@ def cases():
     # a plain GEMM, for scale: not a gap
     pw = paddle.to_tensor(rng.standard_normal((C, H)).astype("float32"))
     tw = torch.from_numpy(pw.numpy())
-    pxc, txc = paddle.to_tensor(xc), torch.from_numpy(xc)
     out["GEMM [3136, 384] x [384, 1536] (reference)"] = (lambda: paddle.matmul(pxc, pw), lambda: txc @ tw, None)
     return out
 
