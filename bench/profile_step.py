@@ -2,6 +2,7 @@
 
     python -m bench.profile_step                      # ResMLP-24 and Swin-T, batch 16, 2 threads, 2 rounds
     python -m bench.profile_step --models resmlp_12 --batch 4 --top 8
+    python -m bench.profile_step --models resnet50 --rounds 1   # against torchvision's
 
 One training step (forward, backward, SGD-momentum update, float32) is profiled after a warm-up step, each framework
 in a fresh process (paddle.profiler / torch.profiler); the rounds alternate the frameworks and the median round (by
@@ -30,6 +31,9 @@ def paddle_model(name):
     if name.startswith("resmlp"):
         from resmlp.resmlp import create_resmlp
         return create_resmlp(name + "_224", num_classes=1000)
+    if name == "resnet50":
+        from common.backbones.resnet import create_resnet
+        return create_resnet("resnet50", num_classes=1000)
     from common.backbones.swin import create_swin
 
     class SwinClassifier(nn.Layer):   # the classification form of timm's model: last stage, LayerNorm, mean, head
@@ -45,6 +49,9 @@ def paddle_model(name):
 
 
 def torch_model(name):
+    if name == "resnet50":
+        import torchvision
+        return torchvision.models.resnet50(weights=None, num_classes=1000)
     import timm
     timm_name = name + "_224" if name.startswith("resmlp") else "swin_tiny_patch4_window7_224"
     return timm.create_model(timm_name, pretrained=False, num_classes=1000)
@@ -176,7 +183,7 @@ def table(framework, res, top):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=["resmlp_12", "resmlp_24", "resmlp_36",
-                                                                       "swin_t"])
+                                                                       "swin_t", "resnet50"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)

@@ -69,6 +69,15 @@ TOL = 1e-5
 # the final weights by up to 9.4e-4 and the momentum buffers by a median 5.7e-2 / max 2.8e-1. The two frameworks
 # agree better than one framework agrees with itself after a 1e-7 nudge; the one-step checks above stay at TOL.
 CURVE_TOL, FINAL_WEIGHT_TOL, FINAL_MOMENTUM_TOL, FINAL_MOMENTUM_MEDIAN = 5e-5, 1e-4, 5e-2, 1e-2
+# CROSS_CPU. Those figures are from AMD EPYC machines (MKL's AVX2 kernels), where the fixture was made. On an Intel
+# Xeon (AVX-512 kernels, other rounding) the same code gives: one-step gradients and momentum 1.34e-5 on
+# layer4.2.bn1.weight (a BatchNorm over 8 values per channel: 1 x 1 maps at 32 px, batch 8; every other tensor
+# <= 1e-5), a curve within 8e-6 for 10 steps and 3.5e-4 by step 16, final weights 1.6e-4, momentum 8.4e-2: what a
+# 1e-7 nudge does (above). So one-step gradients and momentum are held to GRAD_TOL, the first 10 curve steps to
+# CURVE_TOL and the rest of the 20-step run to the nudge's own effect; a recipe difference still shows in the one-step
+# checks (weight decay on a BatchNorm scale: 25% of its step) and in the learning rates (exact).
+GRAD_TOL = 3e-5
+NUDGE_CURVE, NUDGE_WEIGHT, NUDGE_MOMENTUM, NUDGE_MOMENTUM_MEDIAN = 1e-3, 1e-3, 3e-1, 6e-2
 RECIPE = os.path.join(REPO, "configs", "dynamic_mlp", "resnet50_dynamic_mlp_c.yaml")
 TINY = ["MODEL.NUM_CLASSES", str(mf.NUM_CLASSES), "DATA.IMAGE_SIZE", str(mf.IMG), "DATA.BATCH_SIZE", str(mf.BATCH),
         "MODEL.DYNAMIC_MLP.LOC_DROPOUT", "0.0",       # dropout masks cannot be shared between frameworks
@@ -250,7 +259,8 @@ def test_gradients(fixture, step):
     d = compare(fixture, "grad", step.grads)
     assert len(d) == len(step.grads)
     print(f"\ngradients: worst {worst(d)[0]:.2e} ({worst(d)[1]}) over {len(d)} tensors")
-    assert max(d.values()) <= TOL
+    assert max(d.values()) <= GRAD_TOL                     # (CROSS_CPU)
+    assert np.median(list(d.values())) <= TOL
     assert all(v > 0 for v in fixture["grad_max"])          # every gradient is live
 
 
@@ -266,7 +276,8 @@ def test_sgd_step(fixture, step):
         print(f"\n{kind:8s} worst {worst(d)[0]:.2e} ({worst(d)[1]})")
     raw = compare(z, "update", upd)
     print(f"update without the rounding allowance: worst {worst(raw)[0]:.2e} ({worst(raw)[1]})")
-    assert max(max(d.values()) for d in out.values()) <= TOL
+    assert max(out["momentum"].values()) <= GRAD_TOL       # the momentum buffer is the gradient (CROSS_CPU)
+    assert max(max(out["update"].values()), max(out["weight"].values())) <= TOL
 
 
 def test_weight_decay_exemption_vs_reference(fixture, step):
@@ -343,10 +354,11 @@ def test_twenty_steps_loss_curves(fixture):
     print(f"train.py's all-parameter decay moves the reference's own curve by up to {decay_effect:.1e}")
     assert rel(lrs, z["curve_lr"]) <= 1e-12
     assert ref[-1] < 0.5 * ref[0]                 # the run trains
-    assert diffs.max() <= CURVE_TOL
-    assert max(final["weight"].values()) <= FINAL_WEIGHT_TOL
-    assert max(final["momentum"].values()) <= FINAL_MOMENTUM_TOL
-    assert np.median(list(final["momentum"].values())) <= FINAL_MOMENTUM_MEDIAN
+    assert diffs[:10].max() <= CURVE_TOL                    # before float32 noise has grown
+    assert diffs.max() <= NUDGE_CURVE                       # (CROSS_CPU)
+    assert max(final["weight"].values()) <= NUDGE_WEIGHT
+    assert max(final["momentum"].values()) <= NUDGE_MOMENTUM
+    assert np.median(list(final["momentum"].values())) <= NUDGE_MOMENTUM_MEDIAN
 
 
 def test_lr_schedule_vs_reference(fixture):
@@ -377,6 +389,6 @@ def test_live_regenerates_the_fixture(tmp_path):
     fresh, committed = load_fixture(path), load_fixture()
     s = run_one_step(fresh)
     assert rel(s.loss, fresh["step_loss"]) <= TOL
-    assert max(compare(fresh, "grad", s.grads).values()) <= TOL
-    assert max(compare(fresh, "momentum", s.velocity).values()) <= TOL
+    assert max(compare(fresh, "grad", s.grads).values()) <= GRAD_TOL
+    assert max(compare(fresh, "momentum", s.velocity).values()) <= GRAD_TOL
     assert rel(fresh["curve"], committed["curve"]) <= 1e-6
