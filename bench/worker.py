@@ -142,17 +142,14 @@ def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
                 _outputs(model(x, *extras))[0].numpy()
     else:
         from common.deploy import create_predictor
+        from common.export import save_graph
         model.eval()
         export_start = time.perf_counter()
         folder = tempfile.mkdtemp(prefix="bench_export_")
         specs = [paddle.static.InputSpec([None, 3, size, size], "float32")]
         specs += [paddle.static.InputSpec([None] + list(shape), "float32") for shape in spec.get("extra_shapes", [])]
-        static = paddle.jit.to_static(_deployed(model, spec.get("head")), input_spec=specs, full_graph=True)
-        paddle.jit.save(static, os.path.join(folder, "model"))
-        graph = os.path.join(folder, "model.json")
-        predictor = create_predictor(graph if os.path.exists(graph) else os.path.join(folder, "model.pdmodel"),
-                                     os.path.join(folder, "model.pdiparams"), threads,
-                                     onednn="no_onednn" not in knobs)
+        graph, params = save_graph(_deployed(model, spec.get("head")), specs, folder)
+        predictor = create_predictor(graph, params, threads, onednn="no_onednn" not in knobs)
         shutil.rmtree(folder, ignore_errors=True)   # the predictor holds the model in memory
         MEASURED["export_s"] = time.perf_counter() - export_start   # what -eval pays once before the predictor runs
         arrays = [x.numpy()] + [e.numpy() for e in extras]

@@ -164,14 +164,20 @@ def replace_folder(new, dst):
     fsync_folder(parent)
 
 
+def save_graph(wrapped, specs, folder):
+    """paddle.jit.save of the eval-mode layer `wrapped` as `folder`/model.*; returns (graph path, params path): the
+    graph is model.json (PIR) or model.pdmodel, whichever this Paddle writes."""
+    wrapped.eval()
+    prefix = os.path.join(folder, MODEL_PREFIX)
+    paddle.jit.save(paddle.jit.to_static(wrapped, input_spec=specs, full_graph=True), prefix)
+    graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
+    return graph, prefix + ".pdiparams"
+
+
 def _write_export(method, config, model, out_dir, names, onnx, opset):
     model.eval()
-    wrapped = MainHead(method, model)
-    wrapped.eval()
     specs = input_specs(method, config)
-    static = paddle.jit.to_static(wrapped, input_spec=specs, full_graph=True)
-    prefix = os.path.join(out_dir, MODEL_PREFIX)
-    paddle.jit.save(static, prefix)
+    graph, params = save_graph(MainHead(method, model), specs, out_dir)
     meta = preprocessing(config, names or [str(i) for i in range(config.MODEL.NUM_CLASSES)])
     sources = method.export_input_sources(config)   # how common.deploy builds each extra input
     inputs = []
@@ -181,10 +187,9 @@ def _write_export(method, config, model, out_dir, names, onnx, opset):
             inputs[-1]["source"] = sources[s.name]
     meta.update({"method": method.name, "model_name": config.MODEL.NAME, "head": method.main_head_of(model),
                  "config": config.dump(), "inputs": inputs})
-    graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
-    meta["files"] = {"graph": os.path.basename(graph), "params": MODEL_PREFIX + ".pdiparams"}
+    meta["files"] = {"graph": os.path.basename(graph), "params": os.path.basename(params)}
     if onnx:
-        meta["files"]["onnx"] = export_onnx(graph, prefix + ".pdiparams", prefix + ".onnx", opset)
+        meta["files"]["onnx"] = export_onnx(graph, params, os.path.join(out_dir, MODEL_PREFIX + ".onnx"), opset)
     with open(os.path.join(out_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -290,16 +295,12 @@ class PredictorEval:
         from common import dist
         from common.deploy import create_predictor
         self.model.eval()
-        wrapped = AllHeads(self.method, self.model, names)
-        wrapped.eval()
         gpu_id = (int(self.device.split(":")[1]) if self.device.startswith("gpu:")
                   else (0 if self.device == "gpu" else None))
         with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor keeps it in memory
-            prefix = os.path.join(folder, MODEL_PREFIX)
-            static = paddle.jit.to_static(wrapped, input_spec=input_specs(self.method, self.config), full_graph=True)
-            paddle.jit.save(static, prefix)
-            graph = prefix + ".json" if os.path.exists(prefix + ".json") else prefix + ".pdmodel"
-            predictor = create_predictor(graph, prefix + ".pdiparams", threads=dist.cpu_threads(), gpu_id=gpu_id)
+            graph, params = save_graph(AllHeads(self.method, self.model, names),
+                                       input_specs(self.method, self.config), folder)
+            predictor = create_predictor(graph, params, threads=dist.cpu_threads(), gpu_id=gpu_id)
         inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
         outputs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
         if len(outputs) != len(names):
