@@ -122,7 +122,7 @@ def _raised_by_suite(exc):
 
 def report(exc):
     """Print the error line (and the traceback when asked for); returns the exit code."""
-    known = classify(exc)
+    known = classify(stopped_by_signal(exc) or exc)
     if known is None:
         code, msg = 1, (f"unexpected {type(exc).__name__}: {exc} (this is a bug; run with SUITE_TRACEBACK=1 "
                         f"for the traceback)")
@@ -140,8 +140,21 @@ def report(exc):
     return code
 
 
+_received = []   # the signals this process was stopped by (the first one counts)
+
+
 def _raise_interrupted(signum, frame):
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def stopped_by_signal(exc):
+    """The Interrupted a failure stands for, or None. A signal that lands while Paddle runs Python code of its own
+    (a PyLayer's backward, called from the C++ autograd engine) reaches us re-raised as Paddle's error, its message
+    holding ours: the signal is what stopped the run, and it is reported as such."""
+    if isinstance(exc, Interrupted):
+        return exc
+    return Interrupted(_received[0]) if _received else None
 
 
 def install_signal_handlers():

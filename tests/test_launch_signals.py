@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from common import launch
 from common.proctree import alive, descendants
 from tests.helpers import REPO, TINY_RESMLP, env
@@ -123,3 +125,31 @@ def test_sigterm_stops_a_rank_that_cannot_handle_it_in_time(tmp_path):
             proc.kill()
     assert proc.returncode == 143 and 10 < took < 40, (proc.returncode, took)
     assert not any(alive(p, s) for p, s in members)
+
+
+def test_a_signal_inside_a_pylayer_backward_is_reported_as_the_signal(monkeypatch, capsys):
+    """Python code that Paddle's C++ autograd engine runs (the suite's PyLayer backwards) re-raises our Interrupted as
+    Paddle's own multi-line error; the boundary still reports the signal: one line, exit 128 + N."""
+    import paddle
+
+    from common import errors
+    monkeypatch.setattr(errors, "_received", [])
+
+    class StoppedInBackward(paddle.autograd.PyLayer):
+        @staticmethod
+        def forward(ctx, x):
+            return x * 2
+
+        @staticmethod
+        def backward(ctx, dy):
+            errors._raise_interrupted(signal.SIGTERM, None)   # what the SIGTERM handler does
+
+    x = paddle.ones([2])
+    x.stop_gradient = False
+    with pytest.raises(BaseException) as info:
+        StoppedInBackward.apply(x).sum().backward()
+    assert not isinstance(info.value, errors.Interrupted)   # Paddle wrapped it: why the boundary must know
+    assert errors.report(info.value) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: stopped by SIGTERM"
+    monkeypatch.setattr(errors, "_received", [])           # without a signal, the same error is not one
+    assert errors.report(info.value) != 128 + signal.SIGTERM
