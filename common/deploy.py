@@ -73,6 +73,16 @@ def create_predictor(graph, params, threads=None, gpu_id=None, onednn=True):
     return inference.create_predictor(cfg)
 
 
+def run_predictor(predictor, arrays):
+    """Feed `arrays` (numpy, contiguous) to the predictor's inputs in order, run it; every output as numpy."""
+    for name, arr in zip(predictor.get_input_names(), arrays):
+        handle = predictor.get_input_handle(name)
+        handle.reshape(arr.shape)
+        handle.copy_from_cpu(arr)
+    predictor.run()
+    return [predictor.get_output_handle(name).copy_to_cpu() for name in predictor.get_output_names()]
+
+
 def read_export_meta(export_dir):
     """inference.json of an export folder, or a DeployError saying what the folder is not."""
     path = os.path.join(export_dir, META_FILE)
@@ -135,12 +145,7 @@ class ExportedClassifier:
                              f", got {len(arrays)}")
         if self.backend == "onnx":
             return self._session.run(None, dict(zip(self.input_names, arrays)))[0]
-        for name, arr in zip(self.input_names, arrays):
-            handle = self._predictor.get_input_handle(name)
-            handle.reshape(arr.shape)
-            handle.copy_from_cpu(arr)
-        self._predictor.run()
-        return self._predictor.get_output_handle(self._predictor.get_output_names()[0]).copy_to_cpu()
+        return run_predictor(self._predictor, arrays)[0]
 
     def preprocess(self, pil_images):
         return np.stack([self.transform(img.convert("RGB")) for img in pil_images])

@@ -78,7 +78,7 @@ def keep_activations_on_the_heap():
     """Paddle's CPU tensors come from glibc's malloc, which serves blocks above its mmap threshold (128 KB at start,
     raised as such blocks are freed) with fresh mappings: every step's large activations (ResMLP-24 at batch 16:
     19 MB each) are then mapped, page-faulted in and unmapped again. Fixed at glibc's largest threshold (32 MB), they
-    are reused from the heap: measured on 2 EPYC cores, ResMLP-24 training 2.96 -> 4.66 img/s, ResMLP-12 6.98 ->
+    are reused from the heap: measured on 2 Intel Xeon cores, ResMLP-24 training 2.96 -> 4.66 img/s, ResMLP-12 6.98 ->
     9.41, ResNet-50 4.35 -> 4.59, for 1-9% more peak memory (README, Benchmark). Left alone when the user set any
     of glibc's malloc variables, and off glibc. Returns whether it is in effect."""
     if any(k in os.environ for k in MALLOC_ENV) or platform.libc_ver()[0] != "glibc":

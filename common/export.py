@@ -249,9 +249,8 @@ class PredictorEval:
         return heads
 
     def _dygraph(self, images, extras):
-        from common.engine.trainer import amp_context
-        with amp_context(self.config, self.device):
-            return self.method.eval_heads(self.model, self.model(images, *extras))
+        from common.engine.trainer import dygraph_heads
+        return dygraph_heads(self.model, self.method, images, extras, self.config, self.device)
 
     def _choose(self, heads, images, extras):
         names = list(heads)
@@ -293,26 +292,19 @@ class PredictorEval:
         import tempfile
 
         from common import dist
-        from common.deploy import create_predictor
+        from common.deploy import create_predictor, parse_device, run_predictor
         self.model.eval()
-        gpu_id = (int(self.device.split(":")[1]) if self.device.startswith("gpu:")
-                  else (0 if self.device == "gpu" else None))
         with tempfile.TemporaryDirectory(prefix="eval_predictor_") as folder:   # the predictor keeps it in memory
             graph, params = save_graph(AllHeads(self.method, self.model, names),
                                        input_specs(self.method, self.config), folder)
-            predictor = create_predictor(graph, params, threads=dist.cpu_threads(), gpu_id=gpu_id)
-        inputs = [predictor.get_input_handle(n) for n in predictor.get_input_names()]
-        outputs = [predictor.get_output_handle(n) for n in predictor.get_output_names()]
-        if len(outputs) != len(names):
-            raise ExportError(f"the exported model has {len(outputs)} outputs for {len(names)} heads")
+            predictor = create_predictor(graph, params, threads=dist.cpu_threads(), gpu_id=parse_device(self.device))
+        if len(predictor.get_output_names()) != len(names):
+            raise ExportError(f"the exported model has {len(predictor.get_output_names())} outputs for "
+                              f"{len(names)} heads")
 
         def run(images, extras):
-            for handle, t in zip(inputs, [images, *extras]):
-                arr = np.ascontiguousarray(t.numpy())
-                handle.reshape(arr.shape)
-                handle.copy_from_cpu(arr)
-            predictor.run()
-            return {n: paddle.to_tensor(h.copy_to_cpu()) for n, h in zip(names, outputs)}
+            outputs = run_predictor(predictor, [np.ascontiguousarray(t.numpy()) for t in [images, *extras]])
+            return {n: paddle.to_tensor(out) for n, out in zip(names, outputs)}
         return run
 
 

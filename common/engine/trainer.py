@@ -38,6 +38,13 @@ def _finite_rows(logits):
     return paddle.isfinite(logits).all(axis=1)
 
 
+def dygraph_heads(model, method, images, extras, config, device="cpu"):
+    """{head: logits} of one batch through the dygraph model, as evaluation scores it."""
+    with amp_context(config, device):
+        outputs = model(images, *extras)
+    return method.eval_heads(model, outputs)
+
+
 @paddle.no_grad()
 def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_class=False, progress=None):
     """Exact top-1 / top-k counts summed over ranks: each sample is counted once, whatever the world size.
@@ -66,12 +73,8 @@ def evaluate(model, method, loader, config, device="cpu", heads_fn=None, per_cla
         images, labels, extras = split_batch(batch)
         if progress is not None:
             progress.step(int(labels.shape[0]))
-        if heads_fn is not None:
-            heads = heads_fn(images, extras)
-        else:
-            with amp_context(config, device):
-                outputs = model(images, *extras)
-            heads = method.eval_heads(model, outputs)
+        heads = heads_fn(images, extras) if heads_fn is not None else dygraph_heads(model, method, images, extras,
+                                                                                     config, device)
         if names is None:
             names = list(heads)
             counts = np.zeros((len(names), width), dtype="float64")
