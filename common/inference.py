@@ -62,18 +62,26 @@ def load_model(method, args):
 
 
 def class_names_for(config, data_path, fallback=True):
-    """classes.txt under -data_path (or DATA.DATA_PATH), else the class names the -pretrained checkpoint carries
-    (its meta), else the class indices (None with fallback=False)."""
-    for root in (data_path, config.DATA.DATA_PATH):
+    """The class names, first found of: classes.txt under the -data_path flag; the names the -pretrained checkpoint
+    carries (its meta: what its head was trained on); classes.txt under the config's DATA.DATA_PATH (a relative path
+    stored with a checkpoint may point at another data set in this folder); the class indices (None with
+    fallback=False)."""
+    def from_folder(root):
         if root and config.DATA.CLASS_NAMES:
-            names = read_class_names(os.path.join(root, config.DATA.CLASS_NAMES), config.MODEL.NUM_CLASSES)
-            if names:
+            return read_class_names(os.path.join(root, config.DATA.CLASS_NAMES), config.MODEL.NUM_CLASSES)
+        return None
+
+    def from_checkpoint():
+        if config.MODEL.PRETRAINED and os.path.isfile(config.MODEL.PRETRAINED):
+            _, meta = stored_run_info(read_checkpoint(config.MODEL.PRETRAINED))
+            names = (meta or {}).get("class_names")
+            if names and len(names) == config.MODEL.NUM_CLASSES:
                 return names
-    if config.MODEL.PRETRAINED and os.path.isfile(config.MODEL.PRETRAINED):
-        _, meta = stored_run_info(read_checkpoint(config.MODEL.PRETRAINED))
-        names = (meta or {}).get("class_names")
-        if names and len(names) == config.MODEL.NUM_CLASSES:
-            return names
+        return None
+
+    names = from_folder(data_path) or from_checkpoint() or from_folder(config.DATA.DATA_PATH)
+    if names:
+        return names
     return [str(i) for i in range(config.MODEL.NUM_CLASSES)] if fallback else None
 
 

@@ -281,3 +281,26 @@ def test_pim_tools_without_cfg(small_demo, tmp_path):
     proc = run_cli([sys.executable, os.path.join(REPO, "pim", "heatmap.py"), "-pretrained", ckpt, "-image", image,
                     "-target_class", "bird_2", "-output", str(tmp_path / "heat.png")])
     assert "map of class bird_2" in proc.stdout and os.path.isfile(tmp_path / "heat.png")
+
+
+def test_class_names_the_checkpoint_carries_beat_a_classes_txt_under_its_stored_data_path(tmp_path):
+    """A checkpoint's own names describe its head; a classes.txt under the config's DATA.DATA_PATH (often a relative
+    path stored with the checkpoint, pointing at whatever that folder holds here) comes after them, and a classes.txt
+    under an explicit -data_path comes first."""
+    from common.checkpoint import checkpoint_meta
+    from common.inference import class_names_for
+    from resmlp.method import ResMLPMethod
+    config = ResMLPMethod().get_config()
+    config.defrost()
+    config.MODEL.NUM_CLASSES = 3
+    stray, given = tmp_path / "stray", tmp_path / "given"
+    for folder, names in ((stray, "a\nb\nc\n"), (given, "p\nq\nr\n")):
+        folder.mkdir()
+        (folder / "classes.txt").write_text(names)
+    ckpt = str(tmp_path / "model.pdparams")
+    paddle.save({"model": {}, "meta": checkpoint_meta("resmlp", config, ["x", "y", "z"])}, ckpt)
+    config.DATA.DATA_PATH, config.MODEL.PRETRAINED = str(stray), ckpt
+    assert class_names_for(config, None) == ["x", "y", "z"]
+    assert class_names_for(config, str(given)) == ["p", "q", "r"]
+    config.MODEL.PRETRAINED = ""
+    assert class_names_for(config, None) == ["a", "b", "c"]
