@@ -329,16 +329,38 @@ class _MatrixCache:
 RESIZE_MATRICES = _MatrixCache()
 
 
+def _resize_2d(x, cols, rows):
+    """x [N, C, H, W] -> x @ cols along W, then @ rows along H: [N, C, rows.shape[1], cols.shape[1]]."""
+    _, c, h, w = x.shape
+    out_h, out_w = rows.shape[1], cols.shape[1]
+    y = paddle.matmul(x.reshape([-1, w]), cols).reshape([-1, c, h, out_w]).transpose([0, 1, 3, 2])
+    y = paddle.matmul(y.reshape([-1, h]), rows).reshape([-1, c, out_w, out_h])
+    return y.transpose([0, 1, 3, 2])
+
+
+class _ResizeFn(paddle.autograd.PyLayer):
+    """The resize with a backward that keeps nothing of the forward: the gradient of x @ A is dy @ A^T, so only the
+    two small resize matrices are needed (Paddle's matmuls kept x and the [N, C, W', H] intermediate: ~150 MB for
+    PIM's FPN at batch 16)."""
+
+    @staticmethod
+    def forward(ctx, x, out_h, out_w):
+        h, w = x.shape[2], x.shape[3]
+        ctx.cols, ctx.rows = RESIZE_MATRICES.get(w, out_w, x), RESIZE_MATRICES.get(h, out_h, x)
+        return _resize_2d(x, ctx.cols, ctx.rows)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return _resize_2d(dy, ctx.cols.t(), ctx.rows.t())
+
+
 def resize_bilinear(x, size):
     """Bilinear resize of [N, C, H, W] to `size` (align_corners=False) as two 2-D matrix products, one per axis.
     Same result as F.interpolate(mode="bilinear") up to float rounding. Written this way for exported models:
     Paddle Inference 3.3 cannot run the bilinear_interp op with oneDNN (the whole graph would lose its oneDNN
     kernels), and its oneDNN matmul gave wrong results for the broadcast 4-D form A_h @ x @ A_w^T (0.9 relative
     error on PIM's FPN), while 2-D products are exact there."""
-    _, c, h, w = x.shape
     out_h, out_w = [int(s) for s in size]
-    cols = RESIZE_MATRICES.get(w, out_w, x)     # [w, out_w]
-    rows = RESIZE_MATRICES.get(h, out_h, x)     # [h, out_h]
-    y = paddle.matmul(x.reshape([-1, w]), cols).reshape([-1, c, h, out_w]).transpose([0, 1, 3, 2])
-    y = paddle.matmul(y.reshape([-1, h]), rows).reshape([-1, c, out_w, out_h])
-    return y.transpose([0, 1, 3, 2])
+    if fast_cpu_backward(x) and not x.stop_gradient:
+        return _ResizeFn.apply(x, out_h, out_w)
+    return _resize_2d(x, RESIZE_MATRICES.get(x.shape[3], out_w, x), RESIZE_MATRICES.get(x.shape[2], out_h, x))

@@ -33,3 +33,44 @@ def test_resize_bilinear_passes_gradients():
     resize_bilinear(x, (6, 6)).sum().backward()
     # every output pixel is a convex blend of inputs, so the gradient of the sum is the number of outputs
     assert x.grad is not None and np.allclose(x.grad.numpy().sum(), 2 * 36.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("src,dst", [((7, 7), (14, 14)), ((5, 9), (12, 7)), ((6, 4), (6, 4))])
+def test_resize_bilinear_gradient_equals_interpolates(src, dst):
+    """The training resize has its own backward (dy @ A^T, keeping nothing of the forward): the input gradient for a
+    random upstream gradient equals Paddle's bilinear_interp gradient."""
+    rng = np.random.RandomState(2)
+    x = rng.randn(2, 3, *src).astype("float32")
+    dy = paddle.to_tensor(rng.randn(2, 3, *dst).astype("float32"))
+    ours, ref = (paddle.to_tensor(x, stop_gradient=False) for _ in range(2))
+    (resize_bilinear(ours, dst) * dy).sum().backward()
+    (F.interpolate(ref, size=list(dst), mode="bilinear", align_corners=False, align_mode=0) * dy).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=0, atol=1e-5)
+
+
+def _malloc_in_use_mb():
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+    libc = ctypes.CDLL("libc.so.6")
+    if not hasattr(libc, "mallinfo2"):
+        pytest.skip("needs glibc's mallinfo2")
+    libc.mallinfo2.restype = MallInfo2
+    info = libc.mallinfo2()
+    return (info.uordblks + info.hblkhd) / 2 ** 20
+
+
+def test_resize_bilinear_keeps_no_activation_for_its_backward():
+    """In training its backward holds only the resize matrices: what stays allocated after the forward is the
+    output (16 MB here), not also the input and the half-resized intermediate Paddle's matmuls kept (4 + 8 MB)."""
+    x = paddle.to_tensor(np.ones((1, 64, 128, 128), "float32"), stop_gradient=False)
+    resize_bilinear(x * 2.0, (256, 256)).sum().backward()     # warm-up: the resize matrices are cached
+    x.clear_gradient()
+    before = _malloc_in_use_mb()
+    out = resize_bilinear(x * 2.0, (256, 256))                # the doubled input is used by the resize only
+    kept = _malloc_in_use_mb() - before
+    assert kept < 16 + 3, kept
+    out.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy()[0, 0, 5:8, 5:8], np.full((3, 3), 2.0 * 4), atol=1e-4)

@@ -321,3 +321,31 @@ def test_configs_parse_and_carry_the_papers_settings():
         assert list(c.EVAL.TOPK) == [3] and c.MODEL.PIM.MAIN_HEAD == "combiner"
     r50 = load("cub_resnet50_448.yaml")
     assert r50.MODEL.NAME == "resnet50" and r50.DATA.IMAGE_SIZE == 448
+
+
+@pytest.mark.parametrize("layout", ["tokens", "maps", "strided"])
+def test_gather_tokens_equals_take_along_axis_in_values_and_gradients(layout):
+    """gather_tokens takes rows of the [B * S, D] view (contiguous tokens) or columns of the maps that transposed
+    tokens come from (FPN levels of a CNN), and take_along_axis otherwise: all three give take_along_axis's values
+    and gradients."""
+    rng = np.random.RandomState(5)
+    base = rng.randn(3, 8, 10).astype(np.float32)
+    index = paddle.to_tensor(np.stack([rng.permutation(10)[:4] for _ in range(3)]).astype("int64"))
+    dy = paddle.to_tensor(rng.randn(3, 4, 8).astype(np.float32))
+
+    def tokens(leaf):
+        if layout == "tokens":
+            return leaf.transpose([0, 2, 1]) * 1.0           # contiguous [B, S, D]
+        if layout == "maps":
+            return leaf.transpose([0, 2, 1])                  # a view of the [B, D, S] maps
+        return leaf.transpose([0, 2, 1])[:, :, ::2]           # strided every other way: the fallback
+    ours, ref = (paddle.to_tensor(base, stop_gradient=False) for _ in range(2))
+    t = tokens(ours)
+    assert t.is_contiguous() == (layout == "tokens")
+    got = gather_tokens(t, index)
+    want = paddle.take_along_axis(tokens(ref), index.unsqueeze(-1), axis=1, broadcast=True)
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
+    dy = dy[:, :, :got.shape[-1]]
+    (got * dy).sum().backward()
+    (want * dy).sum().backward()
+    np.testing.assert_allclose(ours.grad.numpy(), ref.grad.numpy(), rtol=0, atol=1e-6)
