@@ -6,6 +6,7 @@ paddle.inference; PyTorch: eval mode again, its eager path being its deployment 
 only: the suite's Trainer vs a bare training loop on the same model and in-memory data).
 """
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -33,6 +34,7 @@ KNOBS = {
     "no_stride_kernel": "Paddle's dense transpose/slice kernels instead of strided views (FLAGS_use_stride_kernel=0)",
     "glibc_default_mmap": "glibc's own, moving mmap threshold (the suite fixes it at 32 MB: large activations reused "
                           "from the heap instead of mapped and unmapped every step)",
+    "trim_each_step": "glibc's free heap pages returned to the system after every optimizer step (malloc_trim(0))",
     "zeroed_grads": "gradients kept allocated and zeroed between steps (Paddle's clear_grad() default) instead of "
                     "released as the suite's Trainer and PyTorch's zero_grad() do",
 }
@@ -134,6 +136,8 @@ def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
             loss.backward()
             opt.step()
             opt.clear_grad(set_to_zero="zeroed_grads" in knobs)   # released, as the Trainer does
+            if "trim_each_step" in knobs:
+                ctypes.CDLL("libc.so.6").malloc_trim(0)
     elif mode == "eval":
         model.eval()
 
