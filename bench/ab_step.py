@@ -113,13 +113,11 @@ def main(argv=None):
 
     import numpy as np
     import paddle
-    from paddle.base import core
 
     from common.backbones import swin
-    from common.dist import prefer_fast_mkl_on_amd
     from resmlp import resmlp
-    prefer_fast_mkl_on_amd()
-    core.set_num_threads(args.threads)
+    from bench.worker import paddle_cpu_setup
+    paddle_cpu_setup(args.threads, ())   # as the suite's processes run: threads, MKL path, heap
     paddle.set_device("cpu")
     base_mods = load_base(args.base)
     paddle.seed(0)

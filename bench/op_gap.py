@@ -93,11 +93,9 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import paddle
     import torch
-    from paddle.base import core
 
-    from common.dist import prefer_fast_mkl_on_amd
-    prefer_fast_mkl_on_amd()
-    core.set_num_threads(args.threads)
+    from bench.worker import paddle_cpu_setup
+    paddle_cpu_setup(args.threads, ())   # as the suite's processes run: threads, MKL path, heap
     torch.set_num_threads(args.threads)
     paddle.set_device("cpu")
     print("| op | Paddle ms | PyTorch ms | Paddle / PyTorch | suite's form, Paddle ms |\n|---|---|---|---|---|")

@@ -68,11 +68,9 @@ def profile_paddle(name, batch, threads):
     import numpy as np
     import paddle
     import paddle.profiler as profiler
-    from paddle.base import core
 
-    from common.dist import prefer_fast_mkl_on_amd
-    prefer_fast_mkl_on_amd()
-    core.set_num_threads(threads)
+    from bench.worker import paddle_cpu_setup
+    paddle_cpu_setup(threads, ())   # as the suite's processes run: threads, MKL path, heap
     paddle.set_device("cpu")
     model = paddle_model(name)
     model.train()
