@@ -73,6 +73,19 @@ def _wants_grad(*tensors):
     return [t is not None and not t.stop_gradient for t in tensors]
 
 
+def _eager_cpu_float32(x):
+    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+            and not paddle.amp.is_autocast_enabled())
+
+
+def _linear_one_gemm(x, weight, bias):
+    """x @ W + b as one GEMM with the bias folded in (addmm on the 2-D view of x). Paddle 3.3's F.linear on CPU is a
+    GEMM and then a broadcast add that took as long as the GEMM at ResMLP's fc1 ([3136, 384] x [384, 1536]: 34 ms
+    against 18 ms; 2 Intel Xeon cores, README Benchmark). Same numbers to float rounding (~1e-7 relative)."""
+    out = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
+    return out.reshape(list(x.shape[:-1]) + [weight.shape[1]])
+
+
 class _LinearFn(paddle.autograd.PyLayer):
     """x @ W + b with Paddle's forward; the backward as three GEMMs on 2-D views (the bias gradient a GEMV)."""
 
@@ -80,7 +93,7 @@ class _LinearFn(paddle.autograd.PyLayer):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.wants = _wants_grad(x, weight, bias)
-        return paddle.nn.functional.linear(x, weight, bias)
+        return _linear_one_gemm(x, weight, bias)
 
     @staticmethod
     def backward(ctx, dy):
@@ -107,10 +120,13 @@ class _LinearNoBiasFn(paddle.autograd.PyLayer):
 
 class Linear(nn.Linear):
     """nn.Linear (same parameters and state-dict keys) whose CPU training backward avoids Paddle's slow bias-gradient
-    reduction and works on 2-D views: 0.76x the time of F.linear's forward + backward at ResMLP's fc1 (batch 16)."""
+    reduction and works on 2-D views: 0.76x the time of F.linear's forward + backward at ResMLP's fc1 (batch 16); its
+    CPU forward in dygraph (training and evaluation) is one GEMM with the bias folded in (_linear_one_gemm)."""
 
     def forward(self, x):
         if not fast_cpu_backward(x):
+            if self.bias is not None and _eager_cpu_float32(x):
+                return _linear_one_gemm(x, self.weight, self.bias)   # dygraph evaluation on CPU
             return super().forward(x)
         if self.bias is None:
             return _LinearNoBiasFn.apply(x, self.weight)

@@ -74,3 +74,19 @@ def test_resize_bilinear_keeps_no_activation_for_its_backward():
     assert kept < 16 + 3, kept
     out.sum().backward()
     np.testing.assert_allclose(x.grad.numpy()[0, 0, 5:8, 5:8], np.full((3, 3), 2.0 * 4), atol=1e-4)
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_linear_cpu_forward_equals_f_linear(grad):
+    """The suite's Linear computes x @ W + b on CPU as one GEMM with the bias folded in (evaluation and training):
+    the same numbers as F.linear to float rounding, 3-D input and output shapes kept."""
+    from common.layers import Linear
+    rng = np.random.RandomState(3)
+    layer = Linear(24, 40)
+    layer.bias.set_value(rng.randn(40).astype("float32"))
+    x = paddle.to_tensor(rng.randn(2, 7, 24).astype("float32"), stop_gradient=not grad)
+    with paddle.set_grad_enabled(grad):
+        got = layer(x)
+    want = F.linear(x, layer.weight, layer.bias)
+    assert list(got.shape) == [2, 7, 40]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-6)
