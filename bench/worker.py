@@ -130,6 +130,7 @@ def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
         opt = paddle.optimizer.Momentum(learning_rate=1e-4, momentum=0.9, parameters=model.parameters())
         forward = paddle.jit.to_static(model, full_graph=False) if "to_static" in knobs else model
         amp = "amp_bf16" in knobs
+        trim = ctypes.CDLL("libc.so.6").malloc_trim if "trim_each_step" in knobs else None
 
         def step():
             with paddle.amp.auto_cast(enable=amp, dtype="bfloat16", level="O1"):
@@ -138,8 +139,8 @@ def run_paddle(arch, mode, batch, iters, warmup, threads, knobs=()):
             loss.backward()
             opt.step()
             opt.clear_grad(set_to_zero="zeroed_grads" in knobs)   # released, as the Trainer does
-            if "trim_each_step" in knobs:
-                ctypes.CDLL("libc.so.6").malloc_trim(0)
+            if trim is not None:
+                trim(0)
     elif mode == "eval":
         model.eval()
 

@@ -55,8 +55,13 @@ def fast_cpu_backward(x):
     Paddle 3.3's own backward reduces a gradient over the batch and token axes with a slow single-pass reduce
     (`sum` over the leading axis of a [3136, 1536] gradient: 15.5 ms against 0.3 ms as a GEMV; bench/op_gap.py).
     Anywhere else (GPU, AMP, no_grad evaluation, graphs traced for export) the plain ops run."""
-    return (paddle.in_dynamic_mode() and paddle.is_grad_enabled() and x.place.is_cpu_place()
-            and x.dtype == paddle.float32 and not paddle.amp.is_autocast_enabled())
+    return _eager_cpu_float32(x) and paddle.is_grad_enabled()
+
+
+def _eager_cpu_float32(x):
+    """Dygraph on CPU in float32 without autocast: where the CPU-specific forms below may run at all."""
+    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
+            and not paddle.amp.is_autocast_enabled())
 
 
 def _rows(t):
@@ -71,11 +76,6 @@ def sum_leading(t):
 
 def _wants_grad(*tensors):
     return [t is not None and not t.stop_gradient for t in tensors]
-
-
-def _eager_cpu_float32(x):
-    return (paddle.in_dynamic_mode() and x.place.is_cpu_place() and x.dtype == paddle.float32
-            and not paddle.amp.is_autocast_enabled())
 
 
 def _linear_one_gemm(x, weight, bias):
